@@ -1,0 +1,423 @@
+"""Inception-v3 (Szegedy, Vanhoucke, Ioffe, Shlens, Wojna, "Rethinking the Inception Architecture for Computer
+Vision", CVPR 2016, arXiv 1512.00567).
+
+The network of the paper's Table 1: a stem of plain convolutions down to 35x35, three Inception-A blocks
+(Fig. 5: the 5x5 factorised into two 3x3), Reduction-A (Fig. 10: 35x35 -> 17x17), four Inception-B blocks
+(Fig. 6 with n = 7: n x n factorised into 1 x n and n x 1), Reduction-B (17x17 -> 8x8), two Inception-C
+blocks (Fig. 7: expanded filter banks of parallel 1x3 and 3x1), then global average pooling, dropout and the
+classifier. The auxiliary classifier (Fig. 8) sits on the last 17x17 block.
+
+Where the paper and the released model differ we follow the released model (torchvision ``inception_v3`` =
+timm ``inception_v3``, the port of Google's TF checkpoint), so its weights load by order and compute the same
+logits:
+
+- the branch widths are the released ones (Table 1 gives only the grid and channels entering each stage);
+- Inception-A keeps a real 1x1 -> 5x5 branch beside the factorised double-3x3 branch (Fig. 5 shows 1x1 -> 3x3);
+- the average pools inside the blocks count the zero padding (``count_include_pad=True``, torchvision's
+  ``F.avg_pool2d`` default), unlike Inception-v4's TF-style pools;
+- Reduction-B (17x17 -> 8x8), which the paper does not draw (Fig. 10 is the 35x35 reduction, with 3x3
+  convolutions only), has a 1x1 -> 1x7 -> 7x1 -> 3x3/2 branch;
+- the stem is the release's (a 1x1 to 80 and a max pool where Table 1 lists 3x3 convolutions);
+- BN eps is 1e-3 and every convolution is conv -> BN -> ReLU without bias (the paper's "BN-auxiliary"
+  applies BN to the side head too).
+
+The factorisation switches undo one factorisation each, so its cost can be measured
+(:mod:`analysis.factorization`). They touch only the Inception-A/B/C blocks, the modules the paper's figures
+factorise, as in ``inception_v4``: the stem and the reduction blocks (Reduction-B's 1x7/7x1 pair included,
+which Fig. 10 does not have) keep their layers in every variant.
+
+Reduction-A/B and the expanded filter bank are Inception-v4's blocks (:mod:`inception_models.inception_v4`)
+with v3's widths: the topology is the same.
+
+Reference: 23,834,568 parameters without the aux head, 27,161,264 with it (the head alone 3,326,696),
+5.713 GMACs at 299x299 (torchvision 0.29.1 = timm 1.0.31, ``shared/REFERENCES.md``). The paper says "less
+than 25 million parameters" and "5 billion multiply-adds".
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from inception_models.base import InceptionNet, InceptionOutputs, make_head
+from inception_models.inception_v4 import ExpandedFilterBank, ReductionA, ReductionB
+from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, conv_stacked, scale_width
+from inception_models.registry import register_model
+
+__all__ = [
+    "MIN_INPUT_SIZE",
+    "MIN_INPUT_SIZE_AUX_TRAINING",
+    "InceptionV3Stem",
+    "InceptionA",
+    "InceptionB",
+    "InceptionC",
+    "ReductionA",
+    "ReductionB",
+    "AuxiliaryClassifier",
+    "InceptionV3",
+    "inception_v3",
+]
+
+# The smallest input every 'valid' stride-2 stage can still reduce (found by trying every size, and equal to
+# torchvision's ``min_size``): 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3 (Reduction-A) -> 1 (Reduction-B).
+# At 74 Reduction-B's 3x3/2 sees a 2x2 grid and torch fails.
+MIN_INPUT_SIZE = 75
+# The auxiliary classifier's 5x5/3 average pool and then its 'valid' 5x5 convolution need the full 17x17 grid,
+# which only inputs of 299 and more give: in training with ``aux_logits=True`` the minimum is 299.
+MIN_INPUT_SIZE_AUX_TRAINING = 299
+
+# torchvision's ``transform_input``: its pretrained weights expect [-1, 1] inputs, this re-maps ImageNet-normalised
+# ones. ImageNet channel means and standard deviations.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _avg_pool_3x3() -> nn.AvgPool2d:
+    # torchvision's blocks call F.avg_pool2d(x, 3, stride=1, padding=1), which divides by 9 at the border too.
+    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
+
+
+class InceptionV3Stem(nn.Sequential):
+    """The stem of Inception-v3 (Table 1, the rows above the 35x35 Inception blocks): 299x299x3 -> 35x35x192.
+
+    conv 3x3/2 'valid', conv 3x3 'valid', conv 3x3 padded, max pool 3x3/2, conv 1x1, conv 3x3 'valid', max pool
+    3x3/2, as released. ``widths`` are the five convolutions' outputs (32, 32, 64, 80, 192).
+    """
+
+    def __init__(self, in_chans: int, widths: tuple[int, int, int, int, int], **conv: object) -> None:
+        super().__init__()
+        c1a, c2a, c2b, c3b, c4a = widths
+        self.conv1a = ConvNormAct(in_chans, c1a, 3, stride=2, **conv)
+        self.conv2a = ConvNormAct(c1a, c2a, 3, **conv)
+        self.conv2b = ConvNormAct(c2a, c2b, 3, padding=1, **conv)
+        self.pool1 = nn.MaxPool2d(3, stride=2)
+        self.conv3b = ConvNormAct(c2b, c3b, 1, **conv)
+        self.conv4a = ConvNormAct(c3b, c4a, 3, **conv)
+        self.pool2 = nn.MaxPool2d(3, stride=2)
+        self.out_channels = c4a
+
+
+class InceptionA(nn.Module):
+    """Inception-A block (Fig. 5), on the 35x35 grid: 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool -> 1x1.
+
+    ``factorize=False`` undoes the factorisation of Fig. 5: the double-3x3 branch becomes 1x1 -> one 5x5
+    (``b3x3dbl[0]`` -> ``b3x3dbl[2]``), the module of Fig. 4.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        b1x1: int,
+        b5x5: tuple[int, int],
+        b3x3dbl: tuple[int, int, int],
+        pool_proj: int,
+        factorize: bool = True,
+        **conv: object,
+    ) -> None:
+        super().__init__()
+        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
+        self.branch1 = nn.Sequential(
+            ConvNormAct(in_channels, b5x5[0], 1, **conv),
+            ConvNormAct(b5x5[0], b5x5[1], 5, padding=2, **conv),
+        )
+        if factorize:
+            double: list[nn.Module] = list(conv_stacked(b3x3dbl[0], b3x3dbl[1:], 3, **conv))
+        else:
+            double = [ConvNormAct(b3x3dbl[0], b3x3dbl[2], 5, padding=2, **conv)]
+        self.branch2 = nn.Sequential(ConvNormAct(in_channels, b3x3dbl[0], 1, **conv), *double)
+        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
+        self.out_channels = b1x1 + b5x5[1] + b3x3dbl[2] + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+
+
+class InceptionB(nn.Module):
+    """Inception-B block (Fig. 6, n = 7), on the 17x17 grid.
+
+    1x1 | 1x1 -> 1x7 -> 7x1 | 1x1 -> 7x1 -> 1x7 -> 7x1 -> 1x7 | avg pool -> 1x1. ``factorize=False`` turns every
+    1x7/7x1 pair back into one 7x7 convolution from the pair's input width straight to its output width.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        b1x1: int,
+        b7x7: tuple[int, int, int],
+        b7x7dbl: tuple[int, int, int, int, int],
+        pool_proj: int,
+        factorize: bool = True,
+        **conv: object,
+    ) -> None:
+        super().__init__()
+        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
+        self.branch1 = nn.Sequential(
+            ConvNormAct(in_channels, b7x7[0], 1, **conv),
+            *conv_nxn(b7x7[0], b7x7[1], b7x7[2], 7, factorize=factorize, order="1xn_first", **conv),
+        )
+        self.branch2 = nn.Sequential(
+            ConvNormAct(in_channels, b7x7dbl[0], 1, **conv),
+            *conv_nxn(b7x7dbl[0], b7x7dbl[1], b7x7dbl[2], 7, factorize=factorize, order="nx1_first", **conv),
+            *conv_nxn(b7x7dbl[2], b7x7dbl[3], b7x7dbl[4], 7, factorize=factorize, order="nx1_first", **conv),
+        )
+        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
+        self.out_channels = b1x1 + b7x7[2] + b7x7dbl[4] + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+
+
+class InceptionC(nn.Module):
+    """Inception-C block (Fig. 7), on the 8x8 grid, with expanded filter bank outputs.
+
+    1x1 | 1x1 -> (1x3 || 3x1) | 1x1 -> 3x3 -> (1x3 || 3x1) | avg pool -> 1x1, where ``||`` is a concat of
+    parallel convolutions. ``factorize=False`` turns each parallel 1x3/3x1 pair into one 3x3 with their summed
+    width, so the block's output width stays the same.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        b1x1: int,
+        b3x3: tuple[int, int],
+        b3x3dbl: tuple[int, int, int],
+        pool_proj: int,
+        factorize: bool = True,
+        **conv: object,
+    ) -> None:
+        super().__init__()
+        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
+        self.branch1 = nn.Sequential(
+            ConvNormAct(in_channels, b3x3[0], 1, **conv),
+            ExpandedFilterBank(b3x3[0], b3x3[1], factorize=factorize, **conv),
+        )
+        self.branch2 = nn.Sequential(
+            ConvNormAct(in_channels, b3x3dbl[0], 1, **conv),
+            ConvNormAct(b3x3dbl[0], b3x3dbl[1], 3, padding=1, **conv),
+            ExpandedFilterBank(b3x3dbl[1], b3x3dbl[2], factorize=factorize, **conv),
+        )
+        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
+        self.out_channels = b1x1 + 2 * b3x3[1] + 2 * b3x3dbl[2] + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
+
+
+class AuxiliaryClassifier(nn.Module):
+    """The auxiliary classifier on the last 17x17 block (Fig. 8), with BN ("BN-auxiliary", sec. 7).
+
+    avg pool 5x5/3 -> conv 1x1 -> conv 5x5 'valid' -> global average pool -> FC. It needs the full 17x17
+    grid (:data:`MIN_INPUT_SIZE_AUX_TRAINING`). ``widths`` are the two convolutions' outputs (128, 768).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, int], **conv: object) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(5, stride=3)
+        self.conv0 = ConvNormAct(in_channels, widths[0], 1, **conv)
+        self.conv1 = ConvNormAct(widths[0], widths[1], 5, **conv)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(self.conv0(self.pool(x)))
+        return self.fc(torch.flatten(self.global_pool(x), 1))
+
+
+# The released widths (torchvision/timm), the paper's Table 1 as a table of blocks:
+# (stage, block, one width dict per block). The auxiliary classifier taps the output of AUX_TAP.
+STEM_WIDTHS: tuple[int, int, int, int, int] = (32, 32, 64, 80, 192)
+_A = dict(b1x1=64, b5x5=(48, 64), b3x3dbl=(64, 96, 96))
+_B = [dict(b1x1=192, b7x7=(c7, c7, 192), b7x7dbl=(c7, c7, c7, c7, 192), pool_proj=192) for c7 in (128, 160, 160, 192)]
+_C = dict(b1x1=320, b3x3=(384, 384), b3x3dbl=(448, 384, 384), pool_proj=192)
+BlockTable = tuple[tuple[str, Callable[..., nn.Module], tuple[dict[str, int | tuple[int, ...]], ...]], ...]
+INCEPTION_V3_BODY: BlockTable = (
+    ("inception_a", InceptionA, (dict(_A, pool_proj=32), dict(_A, pool_proj=64), dict(_A, pool_proj=64))),
+    ("reduction_a", ReductionA, (dict(k=64, l=96, m=96, n=384),)),
+    ("inception_b", InceptionB, tuple(_B)),
+    ("reduction_b", ReductionB, (dict(b3x3=(192, 320), b7x7x3=(192, 192, 192, 192)),)),
+    ("inception_c", InceptionC, (_C, _C)),
+)
+AUX_TAP = "inception_b"
+AUX_WIDTHS: tuple[int, int] = (128, 768)
+
+
+def _scaled(widths: int | tuple[int, ...], width_mult: float) -> int | tuple[int, ...]:
+    if isinstance(widths, int):
+        return scale_width(widths, width_mult)
+    return tuple(scale_width(w, width_mult) for w in widths)
+
+
+class InceptionV3(InceptionNet):
+    """Inception-v3 (Szegedy et al. 2015, Table 1): stem, 3 x A, Reduction-A, 4 x B, Reduction-B, 2 x C.
+
+    Submodules are registered in the order of torchvision's (and timm's) ``inception_v3`` with the same shapes
+    (the auxiliary classifier after the last Inception-B block, before Reduction-B), so their state dicts map
+    onto this model by order (:mod:`inception_models.convert`). ``forward_features`` returns the 2048-channel
+    map before the global pool (8x8 at 299). In training mode with ``aux_logits`` the forward returns
+    ``InceptionOutputs(logits, aux_logits)``; then inputs must be at least 299x299.
+    """
+
+    model_name = "inception_v3"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        aux_logits: bool = False,
+        transform_input: bool = False,
+        drop_rate: float = 0.5,
+        norm: NormKind = "bn",
+        width_mult: float = 1.0,
+        factorize_a: bool = True,
+        factorize_b: bool = True,
+        factorize_c: bool = True,
+    ) -> None:
+        if transform_input and in_chans != 3:
+            raise ValueError(
+                f"transform_input re-normalises 3 RGB channels but in_chans={in_chans}; use transform_input=False"
+            )
+        if aux_logits and num_classes == 0:
+            raise ValueError("aux_logits=True needs classes (num_classes > 0); build with aux_logits=False")
+        super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
+        self.aux_logits = aux_logits
+        self.transform_input = transform_input
+        self.norm = check_norm(norm)
+        conv = dict(norm=norm, eps=TF_BN_EPS)
+        factorize = {"inception_a": factorize_a, "inception_b": factorize_b, "inception_c": factorize_c}
+
+        self.stem = InceptionV3Stem(in_chans, _scaled(STEM_WIDTHS, width_mult), **conv)  # type: ignore[arg-type]
+        channels = self.stem.out_channels
+        self.aux_head: AuxiliaryClassifier | None = None
+        for stage, block, table in INCEPTION_V3_BODY:
+            blocks = []
+            for widths in table:
+                kwargs = {k: _scaled(v, width_mult) for k, v in widths.items()}
+                if stage in factorize:
+                    kwargs["factorize"] = factorize[stage]
+                blocks.append(block(channels, **kwargs, **conv))
+                channels = blocks[-1].out_channels
+            self.add_module(stage, nn.Sequential(*blocks))
+            if stage == AUX_TAP and aux_logits:
+                # Registered here, between the 17x17 blocks and Reduction-B, as torchvision does.
+                self.aux_head = AuxiliaryClassifier(channels, num_classes, _scaled(AUX_WIDTHS, width_mult), **conv)
+        self.num_features = channels
+        self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.norm == "none":
+            # Without BN nothing rescales the activations: torchvision's fixed std 0.1 would make them grow
+            # by orders of magnitude over 90+ layers, so use He initialisation (fan-in, ReLU) instead.
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            return
+        # torchvision's inception_v3(init_weights=True): truncated normal std 0.1 for every conv and linear,
+        # 0.01 for the aux head's 5x5 conv and 0.001 for its classifier; BN gamma 1, beta 0.
+        special = {}
+        if self.aux_head is not None:
+            special = {self.aux_head.conv1.conv: 0.01, self.aux_head.fc: 0.001}
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, mean=0.0, std=special.get(m, 0.1), a=-2, b=2)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` naming the minimum size (75, or 299 when the aux head runs) or ``in_chans``."""
+        super().check_input(x)
+        if self.training and self.aux_head is not None:
+            h, w = x.shape[-2:]
+            if h < MIN_INPUT_SIZE_AUX_TRAINING or w < MIN_INPUT_SIZE_AUX_TRAINING:
+                raise ValueError(
+                    f"{self.model_name} with aux_logits=True needs inputs of at least {MIN_INPUT_SIZE_AUX_TRAINING}x"
+                    f"{MIN_INPUT_SIZE_AUX_TRAINING} pixels in training (its auxiliary classifier needs the full "
+                    f"17x17 grid), got {h}x{w}; resize the images, build with aux_logits=False, or call .eval()"
+                )
+
+    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.transform_input:
+            return x
+        # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1]. The
+        # constants are computed in double, as torchvision does, so the result is bit-identical to its remap.
+        scale = x.new_tensor([s / 0.5 for s in _IMAGENET_STD]).view(1, 3, 1, 1)
+        shift = x.new_tensor([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN]).view(1, 3, 1, 1)
+        return x * scale + shift
+
+    def _body(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.stem(self._transform_input(x))
+        aux = None
+        for stage, _, _ in INCEPTION_V3_BODY:
+            x = getattr(self, stage)(x)
+            if with_aux and stage == AUX_TAP:
+                aux = self.aux_head(x)  # type: ignore[misc]
+        return x, aux
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of the last Inception-C block before global pooling: 2048 x 8 x 8 at 299 (width_mult 1)."""
+        return self._body(x, with_aux=False)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:  # type: ignore[override]
+        self.check_input(x)
+        with_aux = self.training and self.aux_head is not None
+        features, aux = self._body(x, with_aux=with_aux)
+        logits = self.forward_head(features)
+        if with_aux:
+            return InceptionOutputs(logits, aux)  # type: ignore[arg-type]
+        return logits
+
+
+@register_model(
+    paper="Rethinking the Inception Architecture for Computer Vision (Szegedy et al.)",
+    year=2015,
+    input_size=299,
+    min_input_size=MIN_INPUT_SIZE,
+    reference_params=23_834_568,
+    reference_gmacs=5.713,
+    reference_source="torchvision 0.29.1 inception_v3(aux_logits=False) = timm 1.0.31 inception_v3, measured "
+    "(27,161,264 with the aux head); shared/REFERENCES.md. The paper: 'less than 25 million parameters', "
+    "'5 billion multiply-adds'.",
+)
+def inception_v3(
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    aux_logits: bool = False,
+    transform_input: bool = False,
+    drop_rate: float = 0.5,
+    norm: NormKind = "bn",
+    width_mult: float = 1.0,
+    factorize_a: bool = True,
+    factorize_b: bool = True,
+    factorize_c: bool = True,
+) -> InceptionV3:
+    """Inception-v3 (Szegedy et al. 2015), the released model: 23.8M parameters, 5.71 GMACs at 299.
+
+    ``aux_logits=True`` adds the auxiliary classifier on the 17x17 grid (3.3M parameters; it runs only in
+    training, and then needs 299x299 inputs). ``transform_input`` re-maps ImageNet-normalised RGB to the [-1, 1]
+    scaling torchvision's pretrained weights expect. ``factorize_a=False`` makes Inception-A's double 3x3 one
+    5x5; ``factorize_b=False`` makes Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes each of
+    Inception-C's parallel 1x3/3x1 pairs one 3x3 of their summed width. The stem and reduction blocks keep
+    their layers.
+    """
+    return InceptionV3(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        aux_logits=aux_logits,
+        transform_input=transform_input,
+        drop_rate=drop_rate,
+        norm=norm,
+        width_mult=width_mult,
+        factorize_a=factorize_a,
+        factorize_b=factorize_b,
+        factorize_c=factorize_c,
+    )
