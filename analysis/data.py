@@ -1,0 +1,661 @@
+"""Data for the experiments: the embedded synthetic shapes, CIFAR-10 from a local folder, ImageFolder trees.
+
+Three sources, one spec string each (the CLI's ``--data``), built by :func:`build_dataset`:
+
+- ``synthetic`` (alias ``shapes``): :class:`SyntheticShapes`, generated from a seed, no files, no downloads;
+- ``cifar10:PATH``: CIFAR-10 in its python pickle format as distributed (``cifar-10-batches-py``);
+- ``imagefolder:PATH``: ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/*.png`` with Inception-style
+  preprocessing (:func:`inception_train_transform`, :func:`inception_eval_transform`).
+
+Every source gives tensors scaled to [-1, 1] (mean 0.5, std 0.5 per channel, the Inception convention) and
+carries ``classes`` and ``num_classes``.
+
+The data order is a pure function of ``(seed, epoch)``: :func:`epoch_order` (the trainer draws its
+batches from it too), drawn by :class:`EpochSampler`, whose ``set_epoch(epoch,
+start)`` makes a loader replay any epoch from any position, which is what a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = [
+    "DATA_SCHEMES",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+    "SHAPE_CLASSES",
+    "SYNTHETIC_SIZE_RANGE",
+    "CIFAR10Folder",
+    "EpochSampler",
+    "SyntheticShapes",
+    "build_dataset",
+    "epoch_order",
+    "inception_eval_transform",
+    "inception_train_transform",
+    "load_cifar10",
+    "load_image_folder",
+    "make_loader",
+    "make_synthetic",
+]
+
+# Inception preprocessing (TF-slim, Inception-v3 onwards): pixels in [0, 1] mapped to [-1, 1].
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+DATA_SCHEMES = ("synthetic", "shapes", "cifar10", "imagefolder")
+_SPLITS = ("train", "val", "test")
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.5) / 0.5
+
+
+# ============================================================================== the synthetic shapes data set
+SHAPE_CLASSES: tuple[str, ...] = (
+    "disk",
+    "ring",
+    "square",
+    "frame",
+    "triangle",
+    "plus",
+    "cross",
+    "stripes_h",
+    "stripes_v",
+    "checker",
+)
+SYNTHETIC_SIZE_RANGE = (32, 299)
+# Object extent as a fraction of the image side, drawn log-uniformly: small objects need the fine grids,
+# large ones the coarse grids, so no single receptive field fits every sample.
+OBJECT_SCALE = (0.2, 0.8)
+MAX_ROTATION_DEG = 20.0  # small enough that stripes_h and stripes_v stay distinct classes
+NOISE_STD = 0.08
+RAMP_AMPLITUDE = 0.3
+CLUTTER_STROKES = 3
+COLOUR_MODE = "mod"
+CONTRAST = (0.3, 0.6)
+CHROMA = 0.3
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+_CACHE_BYTES = 256 * 2**20
+_RENDER_CHUNK = 512
+# Per-sample draws, in this order: cx, cy, log-scale, rotation, bg rgb (3), contrast, jitter rgb (3), ramp
+# amplitude, ramp angle, texture periods, then 4 numbers per clutter stroke.
+_N_DRAWS = 14 + 4 * 3
+
+
+def _mix64(*parts: int) -> int:
+    """splitmix64 over the parts: a per-sample seed that depends on (seed, split, index) only."""
+    mask = (1 << 64) - 1
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & mask)) & mask
+        h = (h + 0x9E3779B97F4A7C15) & mask
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        h = z ^ (z >> 31)
+    return h & ((1 << 63) - 1)
+
+
+def _check_image_size(image_size: int) -> int:
+    lo, hi = SYNTHETIC_SIZE_RANGE
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or not lo <= image_size <= hi:
+        raise ValueError(f"synthetic image_size must be an int from {lo} to {hi} pixels, got {image_size!r}")
+    return image_size
+
+
+def _check_split(split: str) -> str:
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    return split
+
+
+def _coverage(sdf: torch.Tensor, pixels_per_unit: torch.Tensor) -> torch.Tensor:
+    """Anti-aliased coverage of a shape from its (approximate) signed distance in object units."""
+    return (0.5 - sdf * pixels_per_unit).clamp(0.0, 1.0)
+
+
+def _box(px: torch.Tensor, py: torch.Tensor, hx: float | torch.Tensor, hy: float | torch.Tensor) -> torch.Tensor:
+    return torch.maximum(px.abs() - hx, py.abs() - hy)
+
+
+def _stripes(t: torch.Tensor, periods: torch.Tensor, pixels_per_unit: torch.Tensor) -> torch.Tensor:
+    # ``periods`` light bars across the object's width [-1, 1]; a soft edge about one pixel wide.
+    wave = torch.sin(math.pi * periods * (t + 1.0))
+    return (0.5 + wave * pixels_per_unit / (math.pi * periods)).clamp(0.0, 1.0)
+
+
+def _shape_coverage(
+    label: int, px: torch.Tensor, py: torch.Tensor, ppu: torch.Tensor, periods: torch.Tensor
+) -> torch.Tensor:
+    """Coverage in [0, 1] of class ``label`` in object coordinates (the object spans [-1, 1]^2)."""
+    name = SHAPE_CLASSES[label]
+    r = torch.sqrt(px * px + py * py)
+    if name == "disk":
+        return _coverage(r - 1.0, ppu)
+    if name == "ring":
+        return _coverage((r - 0.78).abs() - 0.22, ppu)
+    if name == "square":
+        return _coverage(_box(px, py, 0.85, 0.85), ppu)
+    if name == "frame":
+        return _coverage((_box(px, py, 0.85, 0.85) + 0.19).abs() - 0.19, ppu)
+    if name == "triangle":
+        # Equilateral, pointing up, centred vertically: the max of its three edge half-planes.
+        inradius, shift = 0.55, 0.275
+        edges = [(0.0, 1.0), (-math.sqrt(3) / 2, -0.5), (math.sqrt(3) / 2, -0.5)]
+        d = torch.stack([nx * px + ny * (py - shift) for nx, ny in edges]).amax(0) - inradius
+        return _coverage(d, ppu)
+    if name == "plus":
+        return _coverage(torch.minimum(_box(px, py, 0.25, 0.95), _box(px, py, 0.95, 0.25)), ppu)
+    if name == "cross":
+        u, v = (px + py) / math.sqrt(2), (px - py) / math.sqrt(2)
+        return _coverage(torch.minimum(_box(u, v, 0.2, 1.1), _box(u, v, 1.1, 0.2)), ppu)
+    inside = _coverage(_box(px, py, 0.85, 0.85), ppu)
+    if name == "stripes_h":
+        return inside * _stripes(py, periods, ppu)
+    if name == "stripes_v":
+        return inside * _stripes(px, periods, ppu)
+    if name == "checker":
+        checks = torch.sin(math.pi * periods * (px + 1.0)) * torch.sin(math.pi * periods * (py + 1.0))
+        return inside * (0.5 + checks * ppu / (math.pi * periods)).clamp(0.0, 1.0)
+    raise AssertionError(name)
+
+
+def _render(labels: torch.Tensor, draws: torch.Tensor, noise: torch.Tensor, size: int) -> torch.Tensor:
+    """Render a batch: ``labels`` (B,), ``draws`` (B, _N_DRAWS) uniforms in [0, 1), ``noise`` (B, 3, S, S).
+
+    Every operation is elementwise per sample, so an image does not depend on the batch it is rendered in.
+    """
+    b = labels.shape[0]
+    col = lambda k: draws[:, k].view(b, 1, 1)  # noqa: E731
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    v, u = torch.meshgrid(coords, coords, indexing="ij")
+    u, v = u.expand(b, size, size), v.expand(b, size, size)
+
+    lo, hi = OBJECT_SCALE
+    half = 0.5 * torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * col(2))  # half extent, image units
+    cx = half + (1 - 2 * half) * col(0)
+    cy = half + (1 - 2 * half) * col(1)
+    theta = math.radians(MAX_ROTATION_DEG) * (2 * col(3) - 1)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    dx, dy = u - cx, v - cy
+    px, py = (cos * dx + sin * dy) / half, (-sin * dx + cos * dy) / half
+    ppu = half * size  # pixels per object unit
+    periods = 2.0 + torch.floor(2.0 * col(13))  # 2 or 3 bars / checks across the object
+
+    cover = torch.empty(b, size, size)
+    for label in labels.unique().tolist():
+        idx = (labels == label).nonzero().squeeze(1)
+        cover[idx] = _shape_coverage(label, px[idx], py[idx], ppu[idx], periods[idx])
+
+    # Colours: any background; the object differs from it by 0.3-0.7 per channel (mod 1), so neither the
+    # object's colour nor its brightness relative to the background tells the class.
+    if COLOUR_MODE == "mod":
+        bg = draws[:, 4:7].view(b, 3, 1, 1)
+        contrast = 0.3 + 0.4 * draws[:, 7].view(b, 1, 1, 1)
+        jitter = 0.2 * (draws[:, 8:11].view(b, 3, 1, 1) - 0.5)
+        fg = torch.remainder(bg + contrast + jitter, 1.0)
+    else:
+        lo_c, hi_c = CONTRAST
+        contrast = lo_c + (hi_c - lo_c) * draws[:, 7].view(b, 1, 1, 1)
+        dark = (1 - contrast) * draws[:, 4].view(b, 1, 1, 1)
+        light = dark + contrast
+        swap = draws[:, 5].view(b, 1, 1, 1) < 0.5
+        bg_level, fg_level = torch.where(swap, light, dark), torch.where(swap, dark, light)
+        chroma = CHROMA * (draws[:, 8:11].view(b, 3, 1, 1) - 0.5)
+        bg = (bg_level + chroma).clamp(0, 1)
+        fg = (fg_level + CHROMA * (draws[:, 14:17].view(b, 3, 1, 1) - 0.5)).clamp(0, 1)
+    ramp_angle = 2 * math.pi * col(12)
+    ramp = RAMP_AMPLITUDE * col(11) * ((u - 0.5) * torch.cos(ramp_angle) + (v - 0.5) * torch.sin(ramp_angle))
+    background = bg + ramp.unsqueeze(1)
+    # Clutter: thin faint strokes (line segments through the image) that no class is defined by.
+    for k in range(CLUTTER_STROKES):
+        base = 14 + 4 * k
+        x0, y0 = col(base), col(base + 1)
+        angle = math.pi * col(base + 2)
+        # Width in units of 1/32 of the image, so the scene looks the same at every resolution.
+        dist = ((u - x0) * torch.sin(angle) - (v - y0) * torch.cos(angle)).abs() * 32.0
+        stroke = (1.0 - dist).clamp(0.0, 1.0) * (0.25 * (2 * col(base + 3) - 1))
+        background = background + stroke.unsqueeze(1)
+    cover = cover.unsqueeze(1)
+    image = background * (1 - cover) + fg * cover + NOISE_STD * noise
+    return image.clamp(0.0, 1.0)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # Rendering is many elementwise ops on small tensors: on a busy machine OpenMP threads wait on each other
+    # (2,000 images at 32 px: 32 s with 2 threads, 2.7 s with 1 on 2 shared cores), so render on one thread.
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+class SyntheticShapes(Dataset):
+    """The embedded default data set: ten shape and texture classes drawn at random scale on clutter.
+
+    Classes (:data:`SHAPE_CLASSES`): disk, ring, square, frame (hollow square), triangle, plus, cross (a
+    diagonal plus), horizontal stripes, vertical stripes, checker (the last three are square patches of 2-3
+    bars or checks). Each image has one object whose extent is 20%-80% of the image side (log-uniform), at
+    a random position, rotated by at most 20 degrees, in a random colour 0.3-0.7 away (per channel, mod 1)
+    from a random background, over a brightness ramp, three faint random strokes and Gaussian pixel noise
+    (std 0.08). The class is the shape alone: colour, brightness and position are independent of it.
+
+    Sample ``i`` is a pure function of ``(seed, split, i, image_size)``: its label is ``i % 10`` (so any
+    prefix is balanced) and its scene comes from a generator seeded by ``(seed, split, i)``, so the same
+    index shows the same scene at every image size, and train, val and test (different streams) never share
+    a scene. Images are quantised to 8 bits like real photographs, then scaled to [-1, 1]; small data sets
+    (under 256 MiB as uint8) are rendered once up front, larger ones (e.g. at 299 px) on each access.
+    """
+
+    num_classes = len(SHAPE_CLASSES)
+    classes = list(SHAPE_CLASSES)
+
+    def __init__(
+        self,
+        n: int,
+        image_size: int = 32,
+        *,
+        seed: int = 0,
+        split: str = "train",
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cache: bool | None = None,
+    ) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n!r}")
+        self.n = n
+        self.image_size = _check_image_size(image_size)
+        self.seed = int(seed)
+        self.split = _check_split(split)
+        self.transform = transform
+        self.labels = torch.arange(n) % self.num_classes
+        if cache is None:
+            cache = n * 3 * image_size * image_size <= _CACHE_BYTES
+        self._images: torch.Tensor | None = None
+        if cache:
+            self._images = torch.cat(
+                [self._render_uint8(torch.arange(i, min(i + _RENDER_CHUNK, n))) for i in range(0, n, _RENDER_CHUNK)]
+            )
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _render_uint8(self, indices: torch.Tensor) -> torch.Tensor:
+        with _one_thread():
+            return self._render_uint8_unthreaded(indices)
+
+    def _render_uint8_unthreaded(self, indices: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        draws = torch.empty(len(indices), _N_DRAWS)
+        noise = torch.empty(len(indices), 3, s, s)
+        stream = _SPLIT_STREAM[self.split]
+        g = torch.Generator()
+        for row, i in enumerate(indices.tolist()):
+            g.manual_seed(_mix64(self.seed, stream, i))
+            torch.rand(_N_DRAWS, generator=g, out=draws[row])
+            torch.randn(3, s, s, generator=g, out=noise[row])
+        image = _render(self.labels[indices], draws, noise, s)
+        return (image * 255.0).round_().to(torch.uint8)
+
+    def images(self, indices: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``indices`` (all by default) as a float batch (N, 3, S, S) in [-1, 1], before ``transform``."""
+        idx = torch.arange(self.n) if indices is None else torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"indices must lie in [0, {self.n}), got min {int(idx.min())}, max {int(idx.max())}")
+        if self._images is not None:
+            raw = self._images[idx]
+        else:
+            raw = torch.cat([self._render_uint8(idx[i:i + _RENDER_CHUNK]) for i in range(0, len(idx), _RENDER_CHUNK)])
+        return _normalise(raw.float() / 255.0)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole set as ``(images, labels)`` tensors (no ``transform``), e.g. for a linear probe."""
+        return self.images(), self.labels.clone()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not -self.n <= index < self.n:
+            raise IndexError(f"index {index} is out of range for {self.n} samples")
+        index %= self.n
+        x = self.images([index])[0]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"SyntheticShapes(n={self.n}, image_size={self.image_size}, seed={self.seed}, "
+                f"split={self.split!r}, classes={self.num_classes})")
+
+
+SYNTHETIC_DEFAULT_N = {"train": 10_000, "val": 2_000, "test": 2_000}
+
+
+def make_synthetic(split: str = "train", n: int | None = None, image_size: int = 32, seed: int = 0) -> SyntheticShapes:
+    """The synthetic shapes split ``split`` ("train", "val" or "test"): ``n`` samples (default 10,000 for train,
+    2,000 otherwise) at ``image_size`` pixels (32 to 299). Splits are disjoint: each is its own seed stream."""
+    _check_split(split)
+    return SyntheticShapes(SYNTHETIC_DEFAULT_N[split] if n is None else n, image_size, seed=seed, split=split)
+
+
+# ============================================================================================== CIFAR-10
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
+CIFAR10_META_FILE = "batches.meta"
+_CIFAR10_LAYOUT = (
+    f"expected CIFAR-10's python version as distributed: a folder '{CIFAR10_FOLDER}' (give it or its parent) "
+    f"holding {', '.join(CIFAR10_TRAIN_FILES)}, {CIFAR10_TEST_FILES[0]} and {CIFAR10_META_FILE}"
+)
+# What the CIFAR pickles may reference: numpy arrays and nothing else, so a stray file cannot run code.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only numpy arrays")
+        if module.startswith("numpy.core"):
+            module = "numpy._core" + module[len("numpy.core"):]
+        return getattr(importlib.import_module(module), name)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise ValueError(f"{path} is not a CIFAR-10 python pickle ({err}); {_CIFAR10_LAYOUT}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict; {_CIFAR10_LAYOUT}")
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _cifar_root(root: str | Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 folder {str(root)!r} does not exist; {_CIFAR10_LAYOUT}")
+    if (root / CIFAR10_FOLDER).is_dir():
+        root = root / CIFAR10_FOLDER
+    return root
+
+
+class CIFAR10Folder(Dataset):
+    """CIFAR-10 (Krizhevsky 2009) read from the python pickles as distributed, never downloaded.
+
+    ``data`` is uint8 (N, 32, 32, 3); ``targets`` the labels; ``classes`` the names from ``batches.meta``.
+    ``transform`` takes a PIL image (as torchvision's transforms expect); ``None`` means ToTensor and the
+    Inception normalisation to [-1, 1].
+    """
+
+    def __init__(self, root: str | Path, train: bool = True, transform: Callable | None = None) -> None:
+        self.root = _cifar_root(root)
+        self.train = train
+        files = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
+        missing = [f for f in (*files, CIFAR10_META_FILE) if not (self.root / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"CIFAR-10 folder {str(self.root)!r} lacks {', '.join(missing)}; {_CIFAR10_LAYOUT}")
+        meta = _unpickle(self.root / CIFAR10_META_FILE)
+        names = meta.get("label_names")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"{self.root / CIFAR10_META_FILE} has no 'label_names' list; {_CIFAR10_LAYOUT}")
+        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        arrays, targets = [], []
+        for name in files:
+            batch = _unpickle(self.root / name)
+            data, labels = batch.get("data"), batch.get("labels")
+            if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None:
+                shape = getattr(data, "shape", None)
+                raise ValueError(
+                    f"{self.root / name} must hold 'data' (uint8, N x 3072) and 'labels' (N ints), got data of shape "
+                    f"{shape} and labels {'missing' if labels is None else 'present'}; {_CIFAR10_LAYOUT}"
+                )
+            labels = [int(y) for y in labels]
+            if len(labels) != data.shape[0]:
+                raise ValueError(f"{self.root / name} has {data.shape[0]} images but {len(labels)} labels")
+            bad = [y for y in labels if not 0 <= y < len(self.classes)]
+            if bad:
+                raise ValueError(f"{self.root / name} has labels outside [0, {len(self.classes)}): {sorted(set(bad))}")
+            arrays.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
+            targets.extend(labels)
+        self.data = np.ascontiguousarray(np.concatenate(arrays).transpose(0, 2, 3, 1))
+        self.targets = targets
+        self.transform = transform if transform is not None else _to_normalised_tensor()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        image = Image.fromarray(self.data[index])
+        return self.transform(image), self.targets[index]
+
+    def __repr__(self) -> str:
+        return f"CIFAR10Folder(root={str(self.root)!r}, train={self.train}, n={len(self)})"
+
+
+def load_cifar10(root: str | Path, train: bool = True, transform: Callable | None = None) -> CIFAR10Folder:
+    """CIFAR-10's train (50,000 images, ``data_batch_1..5``) or test split (10,000, ``test_batch``) from
+    ``root`` (``cifar-10-batches-py`` or its parent). A missing folder or file raises ``FileNotFoundError``, a
+    malformed one ``ValueError``, both naming the path and the expected layout."""
+    return CIFAR10Folder(root, train=train, transform=transform)
+
+
+# ============================================================================================ ImageFolder
+_IMAGEFOLDER_LAYOUT = "expected an ImageFolder tree: ROOT/<class name>/<image file> (png, jpg, ...), one folder per class"
+
+
+def _imagefolder_class() -> type:
+    from torchvision.datasets import ImageFolder
+
+    class _ImageFolder(ImageFolder):
+        @property
+        def num_classes(self) -> int:
+            return len(self.classes)
+
+    return _ImageFolder
+
+
+def load_image_folder(root: str | Path, transform: Callable | None = None) -> Dataset:
+    """An ImageFolder tree (``root/<class>/<image>``, torchvision's ``ImageFolder`` underneath) with
+    ``num_classes``. ``transform`` takes a PIL image; ``None`` means ToTensor and the normalisation to [-1, 1]
+    (then every image must have the same size to be batched)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist; {_IMAGEFOLDER_LAYOUT}")
+    try:
+        return _imagefolder_class()(str(root), transform=transform if transform is not None else _to_normalised_tensor())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"image folder {str(root)!r} has no usable images ({err}); {_IMAGEFOLDER_LAYOUT}") from None
+
+
+# ========================================================================================== preprocessing
+def _to_normalised_tensor() -> Callable:
+    from torchvision import transforms as T
+
+    return T.Compose([T.ToTensor(), T.Normalize(INCEPTION_MEAN, INCEPTION_STD)])
+
+
+def inception_train_transform(size: int) -> Callable:
+    """Inception training preprocessing ("Going deeper", sec. 6, as TF-slim and torchvision do it): a random
+    crop of 8%-100% of the area with aspect ratio 3/4-4/3 resized to ``size``, a horizontal flip, ToTensor and
+    normalisation to [-1, 1] (mean 0.5, std 0.5)."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(INCEPTION_MEAN, INCEPTION_STD),
+    ])
+
+
+def inception_eval_transform(size: int, crop_fraction: float = 0.875) -> Callable:
+    """Inception evaluation preprocessing: shorter side resized to ``round(size / 0.875)`` (342 for 299, 256
+    for 224, as torchvision's Inception-v3 weights), the central ``size`` x ``size`` crop (87.5% of it),
+    ToTensor and normalisation to [-1, 1]."""
+    from torchvision import transforms as T
+
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    return T.Compose([
+        T.Resize(int(round(size / crop_fraction))),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(INCEPTION_MEAN, INCEPTION_STD),
+    ])
+
+
+def _cifar_transform(split: str, image_size: int | None, augment: bool) -> Callable:
+    from torchvision import transforms as T
+
+    steps: list[Callable] = []
+    if image_size is not None and image_size != 32:
+        steps.append(T.Resize(image_size))
+    size = 32 if image_size is None else image_size
+    if augment and split == "train":
+        # The standard CIFAR augmentation: pad by 1/8 of the side, random crop back, horizontal flip.
+        steps += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(INCEPTION_MEAN, INCEPTION_STD)])
+
+
+# ========================================================================================= the data spec
+def build_dataset(
+    spec: str,
+    split: str = "train",
+    image_size: int | None = None,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    augment: bool = True,
+) -> Dataset:
+    """The data set named by a ``--data`` spec, for ``split`` ("train", "val" or "test"):
+
+    - ``synthetic`` or ``shapes``: :func:`make_synthetic` (``n`` samples, default 10,000 / 2,000; ``image_size``
+      default 32; ``seed``); never augmented.
+    - ``cifar10:PATH``: :func:`load_cifar10`; "val" and "test" are CIFAR's test batch. Native 32 px, resized
+      when ``image_size`` differs; ``augment`` adds random crop and flip to "train".
+    - ``imagefolder:PATH``: :func:`load_image_folder` on ``PATH/<split>`` (``PATH/train``, ``PATH/val``); "train"
+      gets :func:`inception_train_transform` (``augment=False``: the eval transform), the others
+      :func:`inception_eval_transform`; ``image_size`` default 299.
+    """
+    _check_split(split)
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"data spec must be a non-empty string such as 'synthetic' or 'cifar10:PATH', got {spec!r}")
+    scheme, sep, path = spec.partition(":")
+    scheme = scheme.strip().lower()
+    if scheme not in DATA_SCHEMES:
+        raise ValueError(
+            f"unknown data spec {spec!r}; known: 'synthetic' (alias 'shapes'), 'cifar10:PATH', 'imagefolder:PATH'"
+        )
+    if scheme in ("synthetic", "shapes"):
+        if path:
+            raise ValueError(f"data spec {spec!r}: '{scheme}' takes no path; use plain '{scheme}'")
+        return make_synthetic(split, n, 32 if image_size is None else image_size, seed)
+    if not path:
+        raise ValueError(f"data spec {spec!r} needs a folder: '{scheme}:PATH'")
+    if scheme == "cifar10":
+        return load_cifar10(path, train=split == "train", transform=_cifar_transform(split, image_size, augment))
+    size = 299 if image_size is None else image_size
+    folder = Path(path).expanduser() / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"image folder {str(folder)!r} does not exist; imagefolder:PATH expects PATH/train/<class>/<image> and "
+            f"PATH/val/<class>/<image> (one folder per split, one subfolder per class)"
+        )
+    train_like = split == "train" and augment
+    transform = inception_train_transform(size) if train_like else inception_eval_transform(size)
+    return load_image_folder(folder, transform)
+
+
+# ========================================================================================== the data order
+def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of sample indices for ``epoch``: a pure function of ``(num_samples, seed, epoch)``.
+
+    The trainer uses it too, so a loader from :func:`make_loader` visits samples in the trainer's order.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(1)[0]
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(int(state)))
+
+
+class EpochSampler(Sampler[int]):
+    """Sample indices in :func:`epoch_order` (or in order when ``shuffle`` is False), from position ``start``.
+
+    Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``: the order never depends on
+    how many times the sampler was iterated, only on ``(seed, epoch)``, so a resumed run calls
+    ``set_epoch(epoch, start=batches_done * batch_size)`` and sees exactly the rest of the interrupted epoch.
+    """
+
+    def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, start: int = 0) -> None:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch (and the number of its leading samples to skip) the next iteration replays."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start must be in [0, {self.num_samples}], got {start}")
+        self.epoch = epoch
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.num_samples, self.seed, self.epoch) if self.shuffle else torch.arange(self.num_samples)
+        return iter(order[self.start:].tolist())
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    *,
+    epoch: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A ``DataLoader`` whose order is a pure function of ``(seed, epoch)``: an :class:`EpochSampler` (reach it
+    as ``loader.sampler`` and call ``set_epoch`` each epoch) and a generator seeded with ``seed`` (workers'
+    seeds, hence any random augmentation in workers, follow from it)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch)  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
