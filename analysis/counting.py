@@ -46,8 +46,13 @@ from typing import Any, Iterator, Literal, Sequence
 
 import pandas as pd
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore's focal-loss module calls torch.jit.script at import, which torch >= 2.10 flags as deprecated;
+    # it is not ours to fix and says nothing about counting.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
 
 __all__ = [
     "COLUMNS",
@@ -60,6 +65,7 @@ __all__ = [
     "table_notes",
     "MAC_CONVENTION",
     "create_model_for_counting",
+    "parameter_count",
 ]
 
 COLUMNS: tuple[str, ...] = (

@@ -16,16 +16,30 @@ from analysis.io import atomic_write_text
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "latex")
 
 
+# Integer columns that are labels, not counts: no thousands separators (a year of 2,015 reads as a count).
+LABEL_COLUMNS = frozenset({"year", "seed", "step", "epoch", "grid", "n", "input", "min_input", "width", "point_id"})
+
+
 def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Thousands separators for integer counts, readable floats; used by the human-facing formats."""
     out = df.copy()
     for col in out.columns:
         s = out[col]
-        if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
-            out[col] = s.map(lambda v: f"{v:,}")
+        if col in LABEL_COLUMNS:
+            out[col] = s.astype(str).where(s.notna(), "")
+        elif pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            out[col] = s.map(lambda v: "" if pd.isna(v) else f"{v:,}")
         elif pd.api.types.is_float_dtype(s):
-            out[col] = s.map(lambda v: "" if pd.isna(v) else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.1f}")
+            out[col] = s.map(_format_float)
     return out.fillna("")
+
+
+def _format_float(v: float) -> str:
+    if pd.isna(v):
+        return ""
+    if abs(v) < 1000:
+        return f"{v:,.4g}"
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
 
 
 def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, notes: Iterable[str] = ()) -> str:
@@ -45,7 +59,10 @@ def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, no
     shown = _display_frame(df)
     if fmt == "latex":
         return _latex(shown, title=title, notes=notes)
-    body = shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple")
+    # Numbers are already formatted; tabulate must not re-parse them (it would print 6,624,904 as 6.6249e+06).
+    align = ["right" if _looks_numeric(shown[c]) else "left" for c in shown.columns]
+    body = shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
+                             disable_numparse=True, colalign=align)
     parts = []
     if title:
         parts.append(f"### {title}\n" if fmt == "markdown" else f"{title}\n")
