@@ -92,11 +92,12 @@ def lines(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style: st
 
 
 def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: str = "", fmt: str = ".2f",
-            cmap: str = "rocket_r") -> plt.Figure:
-    """An annotated heatmap of ``values`` over ``index`` x ``columns`` (e.g. a phase diagram)."""
+            cmap: str = "rocket_r", vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
+    """An annotated heatmap of ``values`` over ``index`` x ``columns`` (e.g. a phase diagram); fix the colour
+    scale with ``vmin``/``vmax`` (e.g. 0 and 1 for fractions) so figures of different runs compare."""
     pivot = df.pivot_table(index=index, columns=columns, values=values, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(1.2 * len(pivot.columns) + 3, 0.6 * len(pivot) + 2))
-    sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": values})
+    sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": values}, vmin=vmin, vmax=vmax)
     ax.set_title(title)
     fig.tight_layout()
     return fig

@@ -117,7 +117,7 @@ def factorization_section(mode: Mode, seed: int) -> Section:
 
 
 # The experiments whose sections the report carries, in the order of EXPERIMENTS.
-REPORTED_EXPERIMENTS: tuple[str, ...] = ()
+REPORTED_EXPERIMENTS: tuple[str, ...] = ("dead_units",)
 
 
 def _experiment_section(name: str) -> Callable[[Mode, int], Section]:
