@@ -199,7 +199,7 @@ def test_short_training_run_lowers_the_loss(norm: str = "bn", lr: float = 0.01) 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     assert len(losses) == 100
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert first == pytest.approx(math.log(10), abs=0.3)
