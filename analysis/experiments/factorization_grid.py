@@ -1,0 +1,463 @@
+"""Asymmetric factorization by grid size, trained (Inception-v3 paper, Szegedy et al. 2015, sec. 3.2).
+
+The claim: factorizing n x n convolutions into 1 x n then n x 1 "does not work well on early layers, but it
+gives very good results on medium grid-sizes (on m x m feature maps, where m ranges between 12 and 20)".
+
+The ablation trains one network, the small Inception of Zhang et al. 2017 (``small_inception``), in variants that
+differ only in where the factorization is applied: nowhere (the baseline), or in the Inception modules of one
+stage at a time (``factorize_stages=(s,)``: its 3x3 branch becomes 1x3 then 3x1). At 32 px input the stages
+see 32x32, 16x16 and 8x8 grids (:func:`inception_models.small_inception.stage_grid_sizes`), so the variants
+are "factorized at 32 (early)", "at 16 (the paper's 12-20 range)" and "at 8 (late)". Every variant is trained
+identically (same data, recipe, steps and seeds) on the embedded synthetic shapes, and the validation accuracy
+at the end is compared over seeds.
+
+:func:`verdict` reads the claim as: factorizing at the medium grid gives a higher accuracy than factorizing at
+the early grid, and no lower than the unfactorized network; a difference counts only when it is larger than
+the seed spread (max - min over seeds) of both groups compared.
+
+The module also holds the small pieces the trained experiments share (:func:`train_point`, :func:`run_points`,
+:func:`seed_summary`, :func:`compare`, :func:`learned_threshold`); ``xception_vs_v3`` uses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from analysis.experiments import default_results_dir
+from analysis.report import Figure, Section, Table
+from analysis.sweep import pending_points, point_id, read_results, run_sweep
+
+__all__ = [
+    "CONFIGS",
+    "RESULT_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "make_points",
+    "run_point",
+    "run",
+    "summarise",
+    "verdict",
+    "section",
+    "train_point",
+    "run_points",
+    "seed_summary",
+    "compare",
+    "learned_threshold",
+]
+
+NAME = "factorization_grid"
+CHANCE = 0.1  # ten synthetic classes
+PAPER_GRID_RANGE = (12, 20)  # Inception-v3 paper, sec. 3.2: "m ranges between 12 and 20"
+BASELINE = "none"
+
+# The training recipe keys a point carries (all passed to analysis.training.TrainConfig).
+TRAIN_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps",
+              "log_every", "eval_every", "device")
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # 2 CPU cores: small_inception at a quarter width (105k parameters), 32 px, 4 variants x 3 seeds = 12 runs
+    # of 200 SGD steps at batch 32 (1.6 epochs of 4,000 images). The learning rate was picked by measurement:
+    # at width 0.25 and 150 steps, lr 0.01 reached 33% validation accuracy where 0.003, 0.005, 0.02, 0.05 and 0.2
+    # reached 18%, 21%, 16%, 11% and 10% (chance 10%). Two worker processes of one thread each. Cost measured:
+    # 349 CPU-seconds over the 12 runs (23-35 s each, one thread), i.e. about 3 minutes on 2 idle cores.
+    "quick": dict(
+        model="small_inception",
+        width_mult=0.25,
+        image_size=32,
+        stages=(None, 0, 1, 2),
+        seed=0,
+        seeds=3,
+        n_train=4000,
+        n_val=1000,
+        steps=200,
+        batch_size=32,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="cosine",
+        warmup_steps=10,
+        log_every=20,
+        eval_every=None,
+        device="cpu",
+        threads=1,
+        workers=2,
+        isolate=False,
+    ),
+    # A GPU: the full-width network (1.65M parameters) on the default 10,000 training images, 5 seeds, 20 epochs.
+    # Not run in this session (no GPU); the learning rate is untested at this width.
+    "full": dict(
+        model="small_inception",
+        width_mult=1.0,
+        image_size=32,
+        stages=(None, 0, 1, 2),
+        seed=0,
+        seeds=5,
+        n_train=10_000,
+        n_val=2_000,
+        steps=1560,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_steps=50,
+        log_every=20,
+        eval_every=156,
+        device="auto",
+        threads=0,
+        workers=1,
+        isolate=True,
+    ),
+}
+
+# One row per point and logged step (train) or evaluation (val).
+RESULT_COLUMNS = ["variant", "factorize_stage", "grid", "seed", "params", "split", "step", "loss", "accuracy",
+                  "n_val", "cpu_s", "wall_s"]
+SUMMARY_COLUMNS = ["factorized_at", "grid", "params", "seeds", "acc_mean", "acc_std", "acc_min", "acc_max",
+                   "val_loss_mean", "acc_vs_unfactorized"]
+_NUMERIC = ["factorize_stage", "grid", "seed", "params", "step", "loss", "accuracy", "n_val", "cpu_s", "wall_s"]
+
+
+# ============================================================================ shared by the trained experiments
+@lru_cache(maxsize=4)
+def _tensors(split: str, n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic shapes split as tensors, rendered once per process (in-process points share it)."""
+    from analysis.data import make_synthetic
+
+    return make_synthetic(split, n, image_size, seed).tensors()
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_point(point: Mapping[str, Any], model: str, model_kwargs: Mapping[str, Any]) -> pd.DataFrame:
+    """Train ``create_model(model, num_classes=10, **model_kwargs)`` on the synthetic shapes with the recipe in
+    ``point`` (:data:`TRAIN_KEYS`, ``seed``, ``data_seed``, ``image_size``, ``n_train``, ``n_val``, ``threads``).
+
+    Returns the trainer's log (``split`` "train" rows every ``log_every`` steps: loss and accuracy of that
+    batch; "val" rows: plain cross-entropy and top-1 on the validation split, in eval mode) with ``params``,
+    ``n_val``, ``cpu_s`` (process CPU seconds: close to the wall time of one idle core at one thread) and
+    ``wall_s`` on every row.
+    """
+    from analysis.training import TrainConfig, Trainer
+
+    with _threads(int(point["threads"])):
+        train = _tensors("train", int(point["n_train"]), int(point["image_size"]), int(point["data_seed"]))
+        val = _tensors("val", int(point["n_val"]), int(point["image_size"]), int(point["data_seed"]))
+        config = TrainConfig(model=model, model_kwargs={"num_classes": 10, **model_kwargs}, seed=int(point["seed"]),
+                             progress=False, **{k: point[k] for k in TRAIN_KEYS})
+        cpu, wall = time.process_time(), time.perf_counter()
+        trainer = Trainer(None, config, train, val)
+        history = trainer.fit()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    history = history[history["split"].isin(["train", "val"])].reindex(columns=["split", "step", "loss", "accuracy"])
+    return history.assign(params=sum(p.numel() for p in trainer.model.parameters()), n_val=int(point["n_val"]),
+                          cpu_s=cpu, wall_s=wall).reset_index(drop=True)
+
+
+def _sweep_one(point: dict[str, Any], run_point: Callable[[dict], pd.DataFrame], path: str) -> None:
+    run_sweep([point], run_point, path, isolate=False)
+
+
+def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
+               results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
+               desc: str = "points") -> pd.DataFrame:
+    """Run the unfinished ``points`` through :func:`analysis.sweep.run_sweep` into ``results_dir/results.jsonl``
+    (a temporary folder when None) and return the rows of ``points`` in their order (then by ``split``/``step``).
+
+    ``workers`` > 1 runs that many points at once, each worker a spawned process calling ``run_sweep`` on one
+    point at a time (appends are serialised by the sweep's file lock), so a killed run resumes either way.
+    """
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with contextlib.ExitStack() as stack:
+        if results_dir is None:
+            results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
+        path = Path(results_dir) / "results.jsonl"
+        pending = pending_points(points, path)
+        bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
+        if workers == 1 or len(pending) <= 1:
+            for point in pending:
+                run_sweep([point], run_point, path, isolate=isolate)
+                bar.update(1)
+        else:
+            job = partial(_sweep_one, run_point=run_point, path=str(path))
+            try:
+                with ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+                    for future in as_completed([pool.submit(job, point) for point in pending]):
+                        future.result()
+                        bar.update(1)
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    f"a worker process of {desc} died ({err}); a script that runs experiments with workers > 1 must "
+                    "guard its entry with `if __name__ == \"__main__\":` (spawned workers import it), or set "
+                    "workers=1. Finished points are kept; run again to resume") from err
+        table = read_results(path)
+    if table.empty:
+        return table
+    order = {point_id(p): i for i, p in enumerate(points)}
+    table = table[table["point_id"].isin(order)]
+    table = table.assign(_order=table["point_id"].map(order), _val=table["split"].eq("val"))
+    table = table.sort_values(["_order", "_val", "step"], kind="stable").drop(columns=["_order", "_val"])
+    return table.reset_index(drop=True)
+
+
+def learned_threshold(n_val: int, chance: float = CHANCE) -> float:
+    """The accuracy a run must exceed to count as learned: chance plus three binomial standard errors on
+    ``n_val`` validation images (0.128 for 1,000 images at chance 0.1)."""
+    return chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(int(n_val), 1))
+
+
+def seed_summary(final: pd.DataFrame, by: Sequence[str], value: str = "accuracy") -> pd.DataFrame:
+    """Mean, sample std, min and max of ``value`` over seeds per group ``by`` (groups in order of appearance)."""
+    grouped = final.groupby(list(by), sort=False, dropna=False)[value]
+    out = grouped.agg(seeds="count", mean="mean", std="std", min="min", max="max").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def compare(a: Iterable[float], b: Iterable[float]) -> tuple[float, float]:
+    """``(effect, spread)``: the difference of the seed means, mean(a) - mean(b), and the larger of the two
+    groups' seed ranges (max - min). An effect counts only when ``abs(effect) > spread``."""
+    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
+    if a.empty or b.empty:
+        raise ValueError("compare() needs at least one value in each group")
+    spread = max(float(a.max() - a.min()), float(b.max() - b.min()))
+    return float(a.mean() - b.mean()), spread
+
+
+# ======================================================================================= this experiment
+def _grid_of(stage: int | None, image_size: int) -> int | None:
+    from inception_models.small_inception import stage_grid_sizes
+
+    return None if stage is None else stage_grid_sizes(image_size)[stage]
+
+
+def _variant(stage: int | None, image_size: int) -> str:
+    grid = _grid_of(stage, image_size)
+    return BASELINE if grid is None else f"{grid}x{grid}"
+
+
+def _check_config(config: Mapping[str, Any]) -> None:
+    missing = sorted(set(CONFIGS["quick"]) - set(config))
+    if missing:
+        raise ValueError(f"{NAME} config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    if int(config["seeds"]) < 1:
+        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
+    stages = list(config["stages"])
+    bad = [s for s in stages if s is not None and s not in (0, 1, 2)]
+    if bad or not stages:
+        raise ValueError(f"stages must list small_inception stages 0, 1, 2 or None (unfactorized), got {stages}")
+
+
+def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One point per (factorized stage, seed): the training seed is ``seed + i``; the data seed is ``seed``."""
+    _check_config(config)
+    points = []
+    for stage in config["stages"]:
+        for i in range(int(config["seeds"])):
+            points.append({
+                "experiment": NAME, "model": config["model"], "width_mult": config["width_mult"],
+                "factorize_stage": stage, "image_size": config["image_size"], "seed": int(config["seed"]) + i,
+                "data_seed": int(config["seed"]), "n_train": config["n_train"], "n_val": config["n_val"],
+                "threads": config["threads"], **{k: config[k] for k in TRAIN_KEYS},
+            })
+    return points
+
+
+def run_point(point: dict[str, Any]) -> pd.DataFrame:
+    """Train one variant with one seed: :data:`RESULT_COLUMNS` rows (train log, then the final validation)."""
+    stage = point["factorize_stage"]
+    frame = train_point(point, point["model"], {"width_mult": point["width_mult"],
+                                                "factorize_stages": () if stage is None else (int(stage),)})
+    grid = _grid_of(stage, int(point["image_size"]))
+    frame = frame.assign(variant=_variant(stage, int(point["image_size"])), factorize_stage=stage,
+                         grid=math.nan if grid is None else grid, seed=int(point["seed"]))
+    return frame.reindex(columns=RESULT_COLUMNS)
+
+
+def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
+    ``point_id`` + :data:`RESULT_COLUMNS`, one row per point and logged step plus its final validation row."""
+    points = make_points(config)
+    table = run_points(points, run_point, results_dir, workers=int(config["workers"]),
+                       isolate=bool(config["isolate"]), progress=progress, desc=NAME)
+    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
+    for col in _NUMERIC:  # the JSON-lines table stores NaN as null
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    return table
+
+
+def final_accuracy(results: pd.DataFrame) -> pd.DataFrame:
+    """The last validation row of every point."""
+    val = results[results["split"] == "val"]
+    return val.sort_values("step", kind="stable").groupby("point_id", sort=False).tail(1)
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant (:data:`SUMMARY_COLUMNS`): final validation accuracy over seeds (mean, std, min,
+    max), mean validation loss and the mean accuracy minus the unfactorized network's."""
+    final = final_accuracy(results)
+    stats = seed_summary(final, ["variant"])
+    extra = final.groupby("variant", sort=False).agg(grid=("grid", "first"), params=("params", "first"),
+                                                    val_loss_mean=("loss", "mean")).reset_index()
+    table = stats.merge(extra, on="variant")
+    base = table.loc[table["variant"] == BASELINE, "mean"]
+    table["acc_vs_unfactorized"] = table["mean"] - float(base.iloc[0]) if len(base) else math.nan
+    # Baseline first, then from the early (large) grid to the late (small) one.
+    table = table.assign(_key=table["grid"].fillna(math.inf)).sort_values("_key", ascending=False, kind="stable")
+    table = table.rename(columns={"variant": "factorized_at", "mean": "acc_mean", "std": "acc_std",
+                                  "min": "acc_min", "max": "acc_max"})
+    table["params"] = table["params"].astype(int)
+    table["grid"] = table["grid"].astype("Int64")  # blank for the unfactorized network
+    return table.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
+
+
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE) -> str:
+    """The claim at this scale, from the numbers: "shows: ...", "does not show: ..." or "inconclusive: ...".
+
+    ``summary`` is :func:`summarise`'s table, ``final`` the final validation rows (``variant``, ``grid``,
+    ``accuracy``; one per seed). Medium grid: the factorized grid in 12-20 nearest 16; early: the largest
+    factorized grid above 20. Every difference is judged against the seed spread (:func:`compare`).
+    """
+    threshold = learned_threshold(n_val, chance)
+    weak = summary.loc[summary["acc_mean"] <= threshold, "factorized_at"].tolist()
+    if weak:
+        return (f"inconclusive: {', '.join(map(str, weak))} did not learn beyond chance (mean accuracy <= "
+                f"{threshold:.3f}: chance {chance:g} + 3 binomial s.e. on {n_val} images)")
+    grids = summary.dropna(subset=["grid"])
+    mid = grids[grids["grid"].between(*PAPER_GRID_RANGE)]
+    early = grids[grids["grid"] > PAPER_GRID_RANGE[1]]
+    if mid.empty or early.empty or not (summary["factorized_at"] == BASELINE).any():
+        return ("inconclusive: the variants do not include the unfactorized network, a factorized grid in 12-20 and "
+                "an earlier (larger) one")
+    mid_name = mid.loc[(mid["grid"] - 16).abs().idxmin(), "factorized_at"]
+    early_name = early.loc[early["grid"].idxmax(), "factorized_at"]
+    acc = {name: final.loc[final["variant"] == name, "accuracy"] for name in (BASELINE, mid_name, early_name)}
+    gain, spread = compare(acc[mid_name], acc[early_name])
+    cost, spread_base = compare(acc[BASELINE], acc[mid_name])
+    numbers = (f"accuracy factorized at {mid_name} {acc[mid_name].mean():.3f}, at {early_name} "
+               f"{acc[early_name].mean():.3f}, unfactorized {acc[BASELINE].mean():.3f}; {mid_name} minus "
+               f"{early_name} = {gain:+.3f} against a seed spread of {spread:.3f}")
+    if abs(gain) <= spread:
+        return f"inconclusive: spread over seeds larger than the effect ({numbers})"
+    if gain < 0:
+        return f"does not show: factorizing at the early grid beat the medium grid ({numbers})"
+    if cost > spread_base:
+        return (f"does not show: the medium grid beat the early one, but factorizing there cost {cost:.3f} against "
+                f"the unfactorized network, more than the seed spread {spread_base:.3f} ({numbers})")
+    return (f"shows: factorizing at the medium grid beat the early grid and cost no more than the seed spread "
+            f"against the unfactorized network ({numbers}; unfactorized minus {mid_name} = {cost:+.3f}, spread "
+            f"{spread_base:.3f})")
+
+
+def _accuracy_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    base = summary[summary["factorized_at"] == BASELINE]
+    if len(base):
+        row = base.iloc[0]
+        ax.axhspan(row["acc_min"], row["acc_max"], color="grey", alpha=0.25, label="unfactorized (seed min-max)")
+        ax.axhline(row["acc_mean"], color="grey", lw=1.5, label="unfactorized (mean)")
+    grids = summary.dropna(subset=["grid"]).sort_values("grid")
+    seeds = final.dropna(subset=["grid"])
+    ax.scatter(seeds["grid"], seeds["accuracy"], s=18, color="C0", alpha=0.6, label="one seed")
+    ax.errorbar(grids["grid"], grids["acc_mean"],
+                yerr=[grids["acc_mean"] - grids["acc_min"], grids["acc_max"] - grids["acc_mean"]],
+                fmt="o-", color="C1", capsize=4, label="factorized: mean, seed min-max")
+    ax.axvspan(*PAPER_GRID_RANGE, color="C2", alpha=0.08, label="paper's 12-20 range")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(grids["grid"].tolist(), [f"{int(g)}x{int(g)}" for g in grids["grid"]])
+    ax.set_xlabel("grid size where the 3x3 branches are factorized into 1x3 + 3x1")
+    ax.set_ylabel("final validation accuracy")
+    ax.set_title("small_inception: accuracy vs the factorized grid")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def _loss_figure(results: pd.DataFrame) -> Any:
+    import matplotlib.pyplot as plt
+
+    train = results[results["split"] == "train"]
+    curves = train.groupby(["variant", "step"], sort=False)["loss"].agg(["mean", "min", "max"]).reset_index()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (variant, grp) in enumerate(curves.groupby("variant", sort=False)):
+        label = "unfactorized" if variant == BASELINE else f"factorized at {variant}"
+        ax.plot(grp["step"], grp["mean"], color=f"C{i}", label=label)
+        ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (one batch; mean, seed min-max)")
+    ax.set_title("small_inception: training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def section(mode: str, seed: int) -> Section:
+    """The report's section: accuracy per factorized grid (table and figure), loss curves and the verdict."""
+    config = {**CONFIGS[mode], "seed": seed}
+    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
+    summary = summarise(results)
+    final = final_accuracy(results)
+    answer = verdict(summary, final, n_val=int(config["n_val"]))
+    from inception_models.small_inception import stage_grid_sizes
+
+    grids = stage_grid_sizes(int(config["image_size"]))
+    text = (
+        "Inception-v3 paper, sec. 3.2: factorizing n x n convolutions into 1 x n then n x 1 'does not work well on "
+        "early layers, but it gives very good results on medium grid-sizes (m x m, m between 12 and 20)'. Here: "
+        f"small_inception (Zhang et al. 2017) at width_mult {config['width_mult']}, {config['image_size']} px input "
+        f"(stage grids {', '.join(f'{g}x{g}' for g in grids)}), with the 3x3 branch of every Inception module of "
+        "one stage replaced by 1x3 then 3x1 (both as wide as the 3x3), or nowhere. Every variant is trained "
+        f"identically: {config['steps']} steps of {config['optimizer'].upper()} (lr {config['lr']:g}, momentum "
+        f"{config['momentum']:g}, {config['schedule']} schedule, {config['warmup_steps']} warm-up steps), batch "
+        f"{config['batch_size']}, {config['n_train']} synthetic training images, seeds "
+        f"{seed}..{seed + int(config['seeds']) - 1}; accuracy is top-1 on {config['n_val']} validation images at "
+        "the end. A difference counts only when larger than the seed spread (max - min) of the groups compared."
+    )
+    notes = ["acc_*: final validation top-1 over seeds (std: sample std); acc_vs_unfactorized: mean minus the "
+             "unfactorized network's mean",
+             "params: factorization changes the count (1x3 + 3x1 at the 3x3's width: 3*c_out*(c_in+c_out) weights "
+             "instead of 9*c_in*c_out)"]
+    per_seed = final.reindex(columns=["variant", "grid", "seed", "params", "loss", "accuracy"]).rename(
+        columns={"variant": "factorized_at", "loss": "val_loss", "accuracy": "val_accuracy"})
+    per_seed = per_seed.astype({"grid": "Int64", "seed": int, "params": int})
+    return Section(
+        title="Asymmetric factorization by grid size, trained (Inception-v3, sec. 3.2)",
+        text=text,
+        tables=[Table("factorization_grid", "Final validation accuracy by factorized grid (seed statistics)",
+                      summary, notes),
+                Table("factorization_grid_seeds", "Final validation accuracy per seed", per_seed.reset_index(drop=True),
+                      inline=False)],
+        figures=[Figure("factorization_grid_accuracy", "Final validation accuracy vs the grid size at which the 3x3 "
+                        "convolutions are factorized (dots: seeds; bars: seed min-max; grey: unfactorized)",
+                        lambda: _accuracy_figure(summary, final)),
+                 Figure("factorization_grid_loss", "Training loss per variant (mean over seeds, band: seed min-max)",
+                        lambda: _loss_figure(results))],
+        verdict=answer,
+    )
