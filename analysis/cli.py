@@ -232,16 +232,44 @@ def experiment(
 
 
 @app.command()
+def smoothness(
+    full: Annotated[bool, typer.Option("--full/--quick", help="Full (a GPU) or quick (2 CPU cores, minutes).")] = False,
+    model: Annotated[str, typer.Option(help="A model with norm and width_mult knobs.")] = "small_inception",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the config's, 32).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the experiment.")] = 0,
+    results_dir: Annotated[Optional[Path], typer.Option(help="Resumable results folder.")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Santurkar et al.'s probes along training, BN vs no BN: one row per variant and probed step."""
+    from analysis.experiments import default_results_dir, load_experiment, resolve_config
+
+    module = load_experiment("smoothness")
+    mode = "full" if full else "quick"
+    overrides: dict[str, object] = {"seed": seed, "model": model}
+    if image_size is not None:
+        overrides["image_size"] = image_size
+    frame = module.run(resolve_config(module, mode, **overrides),
+                       results_dir=results_dir or default_results_dir(f"smoothness-{model}", mode, seed))
+    probes = module.probe_table(frame)
+    _emit(probes, fmt, title=f"Loss-surface probes along training ({model}, {mode}, seed {seed})",
+          notes=["loss_min/max: the loss over the step sizes eta in [lr/2, 4 lr] along -g; grad_pred: "
+                 "||g - grad L(w - eta g)||; beta_eff: max over eta of grad_pred / ||eta g|| (Santurkar et al. 2018)."])
+
+
+@app.command()
 def report(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
     full: Annotated[bool, typer.Option("--full/--quick", help="Full (a GPU, hours) or quick (2 CPU cores).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every experiment.")] = 0,
     section: Annotated[Optional[list[str]], typer.Option("--section", help="Only these sections (repeatable).")] = None,
+    all_sections: Annotated[bool, typer.Option("--all", help="Every section, the slower claims included.")] = False,
 ) -> None:
     """Write the paper-style report (Markdown, LaTeX, CSV, PNG) to reports/."""
     from analysis.report import build_report
 
-    index = build_report(out, mode="full" if full else "quick", seed=seed, sections=section)
+    if all_sections and section:
+        raise ValueError("give --all or --section, not both")
+    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section)
     typer.echo(f"wrote {index}")
 
 

@@ -31,6 +31,7 @@ def broken_section(mode: str, seed: int) -> Section:
 @pytest.fixture
 def sections(monkeypatch):
     monkeypatch.setattr(report_sections, "SECTIONS", [("tiny", tiny_section), ("broken", broken_section)])
+    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("tiny", "broken"))
 
 
 def test_writes_every_format_and_links_them(tmp_path, sections):
@@ -75,11 +76,29 @@ def test_bad_arguments(tmp_path, sections):
 
 
 def test_the_real_sections_are_registered():
-    keys = [key for key, _ in report_sections.SECTIONS]
-    assert keys[:3] == ["zoo", "cost_by_grid", "factorization"]
     from analysis.experiments import EXPERIMENTS
 
-    assert keys[3:] == [name for name in EXPERIMENTS if name in report_sections.REPORTED_EXPERIMENTS]
+    keys = [key for key, _ in report_sections.SECTIONS]
+    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
+    assert set(report_sections.QUICK_SECTIONS) < set(keys)
+
+
+def test_default_sections_per_mode(tmp_path, monkeypatch):
+    ran = []
+
+    def recorder(key):
+        def build(mode, seed):
+            ran.append((key, mode))
+            return Section(title=key)
+        return build
+
+    monkeypatch.setattr(report_sections, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
+    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("a", "c"))
+    build_report(tmp_path / "q", progress=False)
+    build_report(tmp_path / "f", mode="full", progress=False)
+    build_report(tmp_path / "all", sections="all", progress=False)
+    assert ran == [("a", "quick"), ("c", "quick"), ("a", "full"), ("b", "full"), ("c", "full"),
+                   ("a", "quick"), ("b", "quick"), ("c", "quick")]
 
 
 @pytest.mark.slow
