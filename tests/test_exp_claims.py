@@ -1,0 +1,359 @@
+"""The four training-claim experiments (residual_speedup, label_smoothing, aux_heads, bn_speedup) and their shared
+helpers: config plumbing, result schemas, resumability, divergence as a result, the verdict rules on hand-made
+frames, calibration and logit-gap arithmetic, and each section rendered from a tiny config. Not the science."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from analysis.experiments import _claims as claims
+from analysis.experiments import aux_heads as ah
+from analysis.experiments import bn_speedup as bs
+from analysis.experiments import label_smoothing as ls
+from analysis.experiments import residual_speedup as rs
+from analysis.report import Section, _render_section
+
+TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
+TINY = {
+    "label_smoothing": {**ls.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "seeds": 1},
+    "residual_speedup": {**rs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "block_counts": (0, 0, 1),
+                         "seeds": 1},
+    # A rate a billion times the base: both norms diverge, which must be recorded, not raised.
+    "bn_speedup": {**bs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "multipliers": (1, 1e9), "seeds": 1},
+    "aux_heads": {**ah.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "image_size": 32, "seeds": 1},
+}
+MODULES = {"label_smoothing": ls, "residual_speedup": rs, "bn_speedup": bs, "aux_heads": ah}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Each experiment run once on its tiny config; the tests below reuse the results folder."""
+    out = {}
+    for name, module in MODULES.items():
+        folder = tmp_path_factory.mktemp(name)
+        out[name] = (folder, module.run(TINY[name], results_dir=folder, progress=False))
+    return out
+
+
+# ============================================================================================ shared helpers
+def test_compare_words_follow_effect_against_spread():
+    shows = claims.compare([0.50, 0.52], [0.40, 0.41])
+    assert shows.word == claims.SHOWS
+    assert shows.effect == pytest.approx(0.105) and shows.spread == pytest.approx(0.02) and shows.seeds == 2
+    assert claims.compare([0.40, 0.41], [0.50, 0.52]).word == claims.DOES_NOT_SHOW
+    assert claims.compare([0.45, 0.60], [0.40, 0.50]).word == claims.INCONCLUSIVE_SPREAD  # 0.075 < 0.15
+    assert claims.compare([0.5], [0.4]).word == claims.INCONCLUSIVE_ONE_SEED
+    assert claims.compare([200, 200], [200, 200], higher_is_better=False).word == claims.DOES_NOT_SHOW
+    # Lower is better (steps): 100 vs 180 steps with a spread of 20 shows; a floor of 100 steps does not.
+    assert claims.compare([90, 110], [170, 190], higher_is_better=False).word == claims.SHOWS
+    assert claims.compare([90, 110], [170, 190], higher_is_better=False, min_effect=100).word == claims.DOES_NOT_SHOW
+    assert claims.compare([0.5, float("nan"), 0.52], [0.4, 0.41]).seeds == 2
+    with pytest.raises(ValueError, match="at least one value"):
+        claims.compare([], [0.1])
+
+
+def test_steps_to_target_censoring_and_auto_target():
+    curve = pd.DataFrame({"step": [30, 10, 20], "accuracy": [0.5, 0.1, 0.31]})
+    assert claims.steps_to_target(curve, 0.3) == 20.0
+    assert math.isnan(claims.steps_to_target(curve, 0.9))
+    assert claims.censored_steps(math.nan, 200) == 200.0 and claims.censored_steps(40.0, 200) == 40.0
+    assert claims.learned_threshold(900) == pytest.approx(0.13)  # 0.1 + 3 * sqrt(0.09 / 900)
+    assert claims.auto_target([0.5, 0.3], fraction=0.9, n_val=900) == pytest.approx(0.36)
+    assert claims.auto_target([0.1, 0.1], fraction=0.9, n_val=900) == pytest.approx(0.13)  # floored
+    evals = pd.DataFrame({"step": [1, 2], "loss": [float("nan"), 2.0], "accuracy": [0.9, 0.1]})
+    assert claims.finite_evals(evals)["step"].tolist() == [2]
+
+
+def test_ece_and_reliability_bins_on_hand_made_probabilities():
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.45, 0.55]])
+    labels = torch.tensor([0, 1, 0, 0])
+    bins = claims.reliability_bins(probs, labels, bins=5)
+    assert bins["count"].tolist() == [0, 0, 2, 0, 2]
+    assert bins.loc[2, "confidence"] == pytest.approx(0.55) and bins.loc[2, "accuracy"] == pytest.approx(0.5)
+    assert bins.loc[4, "confidence"] == pytest.approx(0.9) and bins.loc[4, "accuracy"] == pytest.approx(0.5)
+    # (2/4) * |0.5 - 0.55| + (2/4) * |0.5 - 0.9|
+    assert claims.expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
+    with pytest.raises(ValueError, match="labels"):
+        claims.reliability_bins(probs, labels[:2])
+
+
+def test_logit_gaps():
+    gaps = claims.logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
+    assert gaps["gap_to_mean"] == pytest.approx((2.5 + 1.0) / 2)
+    assert gaps["gap_to_second"] == pytest.approx((2.0 + 0.0) / 2)
+    assert 1 / 3 < gaps["max_prob"] < 1
+    with pytest.raises(ValueError, match="logits"):
+        claims.logit_gaps(torch.zeros(4))
+
+
+# ================================================================================================= configs
+def test_quick_and_full_configs_make_the_intended_points():
+    assert len(ls.make_points(ls.CONFIGS["quick"])) == 2 * 3
+    assert {p["label_smoothing"] for p in ls.make_points(ls.CONFIGS["quick"])} == {0.0, 0.1}
+    quick = rs.make_points(rs.CONFIGS["quick"])
+    assert len(quick) == 2 * 3 and {p["model"] for p in quick} == {"inception_resnet_v2_paper"}
+    full = rs.make_points(rs.CONFIGS["full"])
+    assert len(full) == 2 * 3 * 3 and {p["model"] for p in full} >= {"inception_v3", "inception_v4"}
+    points = bs.make_points(bs.CONFIGS["quick"])
+    assert len(points) == 2 * 3 * 2
+    assert sorted({p["lr"] for p in points}) == pytest.approx([0.002, 0.01, 0.06])
+    assert len(ah.make_points(ah.CONFIGS["quick"])) == 3 * 2
+    for module in MODULES.values():
+        assert {"quick", "full"} <= set(module.CONFIGS)
+        points = module.make_points(module.CONFIGS["full"])
+        assert len({claims.point_id(p) for p in points}) == len(points)
+
+
+@pytest.mark.parametrize("module, change, message", [
+    (ls, {"epsilons": (0.1,)}, "baseline"),
+    (ls, {"epsilons": (0.0, 1.5)}, r"\[0, 1\)"),
+    (rs, {"arms": ("no_shortcut", "inception")}, "residual"),
+    (rs, {"variants": ("v3",)}, "variants"),
+    (rs, {"image_size": 64}, "75"),
+    (rs, {"eval_every": 25}, "multiple of log_every"),
+    (bs, {"norms": ("bn",)}, "both"),
+    (bs, {"multipliers": (5, 30)}, "include 1"),
+    (bs, {"none_init": "lsuv"}, "none_init"),
+    (ah, {"model": "inception_v4"}, "no auxiliary heads"),
+    (ah, {"arms": ("heads", "heads_bn")}, "no_heads"),
+    (ah, {"steps": None, "early_fraction": 0.0}, "early_fraction"),
+])
+def test_bad_configs_are_clear_errors(module, change, message):
+    with pytest.raises(ValueError, match=message):
+        module.make_points({**module.CONFIGS["quick"], **change})
+
+
+@pytest.mark.parametrize("module", list(MODULES.values()))
+def test_a_config_missing_keys_is_a_clear_error(module):
+    with pytest.raises(ValueError, match="lacks"):
+        module.make_points({"seed": 0})
+
+
+# ============================================================================================ running: schema
+def test_label_smoothing_schema(tiny_runs):
+    _, frame = tiny_runs["label_smoothing"]
+    assert list(frame.columns) == ["point_id"] + ls.RESULT_COLUMNS
+    for eps in (0.0, 0.1):
+        part = frame[frame["epsilon"] == eps]
+        assert part["split"].value_counts().to_dict() == {"reliability": 15, "train": 2, "val": 2, "final": 1}
+    final = ls.per_seed(frame)
+    assert list(final.columns) == ls.PER_SEED_COLUMNS and len(final) == 2
+    assert final["ece"].between(0, 1).all() and (final["gap_to_mean"] > 0).all()
+    bins = frame[frame["split"] == "reliability"]
+    assert (bins.groupby("epsilon")["count"].sum() == 16).all()
+    assert list(ls.summarise(frame).columns) == ls.SUMMARY_COLUMNS
+
+
+def test_residual_speedup_schema_and_cost(tiny_runs):
+    _, frame = tiny_runs["residual_speedup"]
+    assert list(frame.columns) == ["point_id"] + rs.RESULT_COLUMNS
+    assert frame.groupby("arm")["split"].apply(list).to_dict() == {
+        "residual": ["train", "val", "train", "val"], "no_shortcut": ["train", "val", "train", "val"]}
+    # The no-shortcut control is the same network: identical parameters and MACs.
+    cost = frame.groupby("arm")[["params", "gmacs"]].first()
+    assert cost.loc["residual", "params"] == cost.loc["no_shortcut", "params"] > 0
+    assert cost.loc["residual", "gmacs"] == pytest.approx(cost.loc["no_shortcut", "gmacs"])
+    assert frame["cpu_s"].notna().all()  # val rows take the CPU time of the train row at their step
+    seeds = rs.per_seed(frame, target=0.5, budget=4)
+    assert list(seeds.columns) == rs.PER_SEED_COLUMNS and len(seeds) == 2
+    assert list(rs.summarise(seeds).columns) == rs.SUMMARY_COLUMNS
+
+
+def test_bn_speedup_records_divergence_as_a_result(tiny_runs):
+    _, frame = tiny_runs["bn_speedup"]
+    assert list(frame.columns) == ["point_id"] + bs.RESULT_COLUMNS
+    seeds = bs.per_seed(frame, target=0.5, budget=4)
+    assert list(seeds.columns) == bs.PER_SEED_COLUMNS and len(seeds) == 4
+    base = seeds[seeds["multiplier"] == 1.0]
+    huge = seeds[seeds["multiplier"] == 1e9]
+    assert not base["diverged"].any() and huge["diverged"].all()
+    assert ((huge["diverged_step"] >= 1) & (huge["diverged_step"] <= 4)).all()
+    assert not huge["reached"].any()
+    summary = bs.summarise(seeds)
+    assert list(summary.columns) == bs.SUMMARY_COLUMNS and summary["diverged"].tolist() == [0, 1, 0, 1]
+
+
+def test_aux_heads_schema_and_gradient_reach(tiny_runs):
+    _, frame = tiny_runs["aux_heads"]
+    assert list(frame.columns) == ["point_id"] + ah.RESULT_COLUMNS
+    train = frame[frame["split"] == "train"]
+    assert len(train) == 3 * 2 and (train["grad_norm_lower"] > 0).all() and (train["grad_norm_first"] > 0).all()
+    # With heads the trainer's loss adds 0.3 x each head's loss to the main head's: it is larger.
+    with_heads = train[train["arm"] != "no_heads"]
+    assert (with_heads["loss"] > with_heads["main_loss"]).all()
+    no_heads = train[train["arm"] == "no_heads"]
+    assert np.allclose(no_heads["loss"], no_heads["main_loss"], rtol=1e-5)
+    seeds = ah.per_seed(frame, early_fraction=0.5)
+    assert list(seeds.columns) == ah.PER_SEED_COLUMNS and len(seeds) == 3
+    assert seeds["final_train_accuracy"].between(0, 1).all() and (seeds["early_step"] == 2).all()
+
+
+# ================================================================================================ resuming
+@pytest.mark.parametrize("name", list(MODULES))
+def test_a_second_run_runs_nothing_new(tiny_runs, monkeypatch, name):
+    folder, frame = tiny_runs[name]
+    module = MODULES[name]
+
+    def must_not_run(point):
+        raise AssertionError(f"point {point} ran again")
+
+    monkeypatch.setattr(module, "run_point", must_not_run)
+    again = module.run(TINY[name], results_dir=folder, progress=False)
+    pd.testing.assert_frame_equal(again, frame)
+
+
+# ================================================================================================ the heads
+def test_set_head_norm_strips_and_adds_bn_only_in_the_heads():
+    from inception_models import create_model
+
+    plain = ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True), "none")
+    for head in ah.aux_heads_of(plain):
+        assert isinstance(head.conv.bn, nn.Identity) and head.conv.conv.bias is not None
+    assert isinstance(plain.conv1.bn, nn.BatchNorm2d)  # the body keeps its BN
+    with_bn = ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True), "bn")
+    for head in ah.aux_heads_of(with_bn):
+        assert isinstance(head.fc1[1], nn.BatchNorm1d) and isinstance(head.conv.bn, nn.BatchNorm2d)
+    out = with_bn.train()(torch.randn(4, 3, 32, 32))
+    assert out.logits.shape == (4, 10) and [a.shape for a in out.aux_logits] == [(4, 10), (4, 10)]
+    v3 = ah.set_head_norm(create_model("inception_v3", num_classes=10, width_mult=0.0625, aux_logits=True), "none")
+    assert all(isinstance(b.bn, nn.Identity) for b in (v3.aux_head.conv0, v3.aux_head.conv1))
+    with pytest.raises(ValueError, match="aux_logits=True"):
+        ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625), "bn")
+    with pytest.raises(ValueError, match="head norm"):
+        ah.set_head_norm(plain, "ln")
+
+
+# ================================================================================================ verdicts
+def _ls_final(acc0, acc1, gap0=(6.0, 6.2), gap1=(3.0, 3.1), ece0=(0.10, 0.11), ece1=(0.04, 0.05)):
+    rows = []
+    for eps, accs, gaps, eces in ((0.0, acc0, gap0, ece0), (0.1, acc1, gap1, ece1)):
+        for seed, (a, g, e) in enumerate(zip(accs, gaps, eces)):
+            rows.append({"epsilon": eps, "seed": seed, "accuracy": a, "loss": 1.0, "ece": e, "gap_to_mean": g,
+                         "gap_to_second": g / 2, "max_prob": 0.8, "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_label_smoothing_verdicts():
+    text = ls.verdict(_ls_final((0.50, 0.51), (0.55, 0.56)), n_val=1000)
+    assert text.startswith("shows: validation accuracy with eps 0.1 vs without 0.555 vs 0.505")
+    assert "lead over the others: shows" in text and "calibration (not the paper's claim): shows" in text
+    assert ls.verdict(_ls_final((0.50, 0.60), (0.52, 0.58)), n_val=1000).startswith(
+        "inconclusive: spread over seeds larger than the effect")
+    assert ls.verdict(_ls_final((0.56, 0.57), (0.50, 0.51)), n_val=1000).startswith("does not show")
+    assert ls.verdict(_ls_final((0.10, 0.11), (0.12, 0.10)), n_val=1000).startswith(
+        "inconclusive: the networks did not learn beyond chance")
+
+
+def _rs_seeds(res_steps, other_steps, other="no_shortcut", best=0.5):
+    rows = []
+    for arm, steps in (("residual", res_steps), (other, other_steps)):
+        for seed, s in enumerate(steps):
+            rows.append({"variant": "v2", "arm": arm, "seed": seed, "target": 0.3, "steps_to_target": s,
+                         "reached": not math.isnan(s), "final_val_accuracy": best, "best_val_accuracy": best,
+                         "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_residual_speedup_verdicts():
+    nan = math.nan
+    assert rs.verdict(_rs_seeds([100, 120], [300, nan]), budget=600, n_val=500).startswith("shows")
+    assert rs.verdict(_rs_seeds([300, 350], [100, 120]), budget=600, n_val=500).startswith("does not show")
+    assert rs.verdict(_rs_seeds([100, 400], [200, 300]), budget=600, n_val=500).startswith(
+        "inconclusive: spread over seeds")
+    assert rs.verdict(_rs_seeds([nan, nan], [nan, nan]), budget=600, n_val=500).startswith(
+        "inconclusive: no run reached")
+    assert rs.verdict(_rs_seeds([nan, nan], [nan, nan], best=0.11), budget=600, n_val=500).startswith(
+        "inconclusive: the networks did not learn")
+    # With the paper's pair present, the headline compares against it.
+    both = pd.concat([_rs_seeds([100, 120], [130, 140]), _rs_seeds([100, 120], [300, 320], other="inception")])
+    both = both.drop_duplicates(subset=["arm", "seed"])
+    text = rs.verdict(both, budget=600, n_val=500)
+    assert text.startswith("shows") and text.index("Inception (paper pair)") < text.index("same, no shortcut")
+
+
+def _bs_seeds(cells):
+    rows = []
+    for (norm, mult), values in cells.items():
+        for seed, (steps, diverged) in enumerate(values):
+            rows.append({"norm": norm, "multiplier": float(mult), "lr": 0.002 * mult, "seed": seed, "target": 0.2,
+                         "steps_to_target": steps, "reached": not math.isnan(steps),
+                         "best_val_accuracy": 0.1 if math.isnan(steps) else 0.4, "diverged": diverged})
+    return pd.DataFrame(rows)
+
+
+def test_bn_speedup_verdicts():
+    nan = math.nan
+    good = {("bn", 1): [(100, False), (120, False)], ("none", 1): [(nan, False), (nan, False)],
+            ("bn", 5): [(40, False), (60, False)], ("none", 5): [(nan, True), (nan, False)]}
+    text = bs.verdict(_bs_seeds(good), budget=200, n_val=500)
+    assert text.startswith("shows") and "lower bounds" in text and "BN 5x faster than BN 1x: shows" in text
+    bad = {**good, ("bn", 5): [(nan, True), (nan, True)]}
+    assert bs.verdict(_bs_seeds(bad), budget=200, n_val=500).startswith("does not show")
+    spread = {**good, ("bn", 1): [(20, False), (190, False)], ("none", 1): [(150, False), (nan, False)]}
+    assert bs.verdict(_bs_seeds(spread), budget=200, n_val=500).startswith("inconclusive: spread over seeds")
+    stuck = {k: [(nan, False), (nan, False)] for k in good}
+    assert bs.verdict(_bs_seeds(stuck), budget=200, n_val=500).startswith("inconclusive: the networks did not")
+
+
+def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
+    rows = []
+    for (arm, accs), earlies in zip((("no_heads", none), ("heads", heads), ("heads_bn", bn)), early):
+        for seed, (a, e) in enumerate(zip(accs, earlies)):
+            rows.append({"arm": arm, "seed": seed, "early_step": 100.0, "early_val_accuracy": e,
+                         "final_val_accuracy": a, "final_train_accuracy": a + 0.1, "generalisation_gap": 0.1,
+                         "grad_norm_lower": 2.0 if arm != "no_heads" else 1.0, "grad_norm_first": 1.0,
+                         "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_aux_heads_verdicts():
+    text = ah.verdict(_ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51)), n_val=500)
+    assert text.startswith("shows: final validation accuracy with aux heads, no BN vs without heads 0.455 vs 0.405")
+    assert "BN in the heads helps: shows" in text and "no early speed-up (v3 paper): shows" in text
+    assert "x2.00" in text and "underfits" not in text
+    underfit = _ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51)).assign(generalisation_gap=0.01)
+    assert "every net underfits" in ah.verdict(underfit, n_val=500)
+    faster_early = _ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51), early=((0.2, 0.21), (0.4, 0.41), (0.2, 0.2)))
+    assert "no early speed-up (v3 paper): does not show" in ah.verdict(faster_early, n_val=500)
+    assert ah.verdict(_ah_seeds((0.40, 0.50), (0.44, 0.46), (0.5, 0.5)), n_val=500).startswith(
+        "inconclusive: spread over seeds")
+    assert ah.verdict(_ah_seeds((0.1, 0.1), (0.1, 0.11), (0.1, 0.1)), n_val=500).startswith(
+        "inconclusive: the networks did not learn")
+
+
+# ================================================================================================ sections
+@pytest.mark.parametrize("name, stems", [
+    ("label_smoothing", ["label_smoothing.md", "label_smoothing_seeds.csv", "label_smoothing_curves.png",
+                         "label_smoothing_reliability.png"]),
+    ("residual_speedup", ["residual_speedup.md", "residual_speedup_curves.csv", "residual_speedup_accuracy.png",
+                          "residual_speedup_loss.png", "residual_speedup_time.png"]),
+    ("bn_speedup", ["bn_speedup.md", "bn_speedup_seeds.csv", "bn_speedup_accuracy.png", "bn_speedup_loss.png"]),
+    ("aux_heads", ["aux_heads.md", "aux_heads_seeds.csv", "aux_heads_curves.png", "aux_heads_gradients.png"]),
+])
+def test_section_renders_tables_figures_and_verdict(tiny_runs, tmp_path, monkeypatch, name, stems):
+    folder, _ = tiny_runs[name]
+    module = MODULES[name]
+    monkeypatch.setitem(module.CONFIGS, "quick", {**TINY[name], "seed": 0})
+    monkeypatch.setattr(module, "default_results_dir", lambda *_: folder)
+    monkeypatch.setattr(module, "run_point", lambda point: (_ for _ in ()).throw(AssertionError("ran again")))
+    section = module.section("quick", 0)
+    assert isinstance(section, Section) and section.tables and section.figures
+    assert section.verdict.split(":")[0].split(" (")[0] in {"shows", "does not show", "inconclusive"}
+    markdown = _render_section(section, tmp_path)
+    for stem in stems:
+        assert (tmp_path / stem).exists(), stem
+    assert "Verdict at this scale" in markdown
