@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import torch
 from torch import nn
 
 from inception_models.layers import check_input
+
+# torchvision's ``transform_input``: ImageNet channel means and standard deviations (RGB).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InceptionOutputs(NamedTuple):
@@ -23,13 +27,16 @@ class InceptionOutputs(NamedTuple):
 class InceptionNet(nn.Module):
     """Base of the zoo's classifiers, with timm's split ``forward_features`` -> ``forward_head``.
 
-    Subclasses build ``self.global_pool``, ``self.dropout`` and ``self.fc`` and implement
-    ``forward_features`` (the feature map before global average pooling, where the Inception-v4 paper
-    saw units die). Models with auxiliary heads override :meth:`forward`.
+    Subclasses build ``self.global_pool``, ``self.dropout`` and ``self.fc``, and either list in
+    ``feature_stages`` the names of the submodules that ``forward_features`` applies one after the other, or
+    override ``forward_features`` (the feature map before global average pooling, where the Inception-v4
+    paper saw units die). Models with auxiliary heads derive from :class:`InceptionNetWithAux`.
     """
 
     model_name: str = "inception"
     min_input_size: int = 1
+    # The submodules from the input to the feature map, in forward order (the classifier head not included).
+    feature_stages: tuple[str, ...] = ()
 
     def __init__(self, *, num_classes: int, in_chans: int, min_input_size: int) -> None:
         super().__init__()
@@ -46,7 +53,12 @@ class InceptionNet(nn.Module):
         check_input(x, in_chans=self.in_chans, min_size=self.min_input_size, model_name=self.model_name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The feature map before global average pooling: ``feature_stages`` applied in order."""
+        if not self.feature_stages:
+            raise NotImplementedError(f"{type(self).__name__} must set feature_stages or override forward_features")
+        for name in self.feature_stages:
+            x = getattr(self, name)(x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling, dropout and the classifier; ``pre_logits`` stops before the classifier."""
@@ -60,6 +72,63 @@ class InceptionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+
+class InceptionNetWithAux(InceptionNet):
+    """A classifier with auxiliary heads that run in training only (GoogLeNet sec. 5, Inception-v3 Fig. 8).
+
+    ``aux_taps`` maps a feature stage to the name of the auxiliary head that reads its output. In training
+    mode with ``aux_logits`` the forward returns ``InceptionOutputs(logits, aux_logits)``, ``aux_logits``
+    being one tensor for a single head and a tuple for several; otherwise the logits alone, so that eval
+    mode and fvcore see a plain classifier. ``transform_input`` re-maps ImageNet-normalised RGB inputs to the
+    [-1, 1] scaling torchvision's pretrained weights were trained with (torchvision's ``transform_input``).
+    """
+
+    aux_taps: Mapping[str, str] = {}
+
+    def __init__(
+        self, *, num_classes: int, in_chans: int, min_input_size: int, aux_logits: bool, transform_input: bool
+    ) -> None:
+        if transform_input and in_chans != 3:
+            raise ValueError(
+                f"transform_input re-normalises 3 RGB channels but in_chans={in_chans}; use transform_input=False"
+            )
+        if aux_logits and num_classes == 0:
+            raise ValueError("aux_logits=True needs classes (num_classes > 0); build with aux_logits=False")
+        super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=min_input_size)
+        self.aux_logits = aux_logits
+        self.transform_input = transform_input
+
+    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.transform_input:
+            return x
+        # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1]. The
+        # constants are computed in double, as torchvision does (float32 constants moved the logits by ~3e-5).
+        scale = x.new_tensor([s / 0.5 for s in IMAGENET_STD]).view(1, 3, 1, 1)
+        shift = x.new_tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)
+        return x * scale + shift
+
+    def _body(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self._transform_input(x)
+        aux: list[torch.Tensor] = []
+        for name in self.feature_stages:
+            x = getattr(self, name)(x)
+            if with_aux and name in self.aux_taps:
+                aux.append(getattr(self, self.aux_taps[name])(x))
+        return x, aux
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before global average pooling (the auxiliary heads do not run)."""
+        return self._body(x, with_aux=False)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:  # type: ignore[override]
+        self.check_input(x)
+        with_aux = self.training and self.aux_logits
+        features, aux = self._body(x, with_aux=with_aux)
+        logits = self.forward_head(features)
+        if with_aux:
+            return InceptionOutputs(logits, aux[0] if len(aux) == 1 else tuple(aux))
+        return logits
 
 
 def make_head(num_features: int, num_classes: int, drop_rate: float) -> tuple[nn.Module, nn.Module, nn.Module]:

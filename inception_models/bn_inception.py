@@ -144,6 +144,8 @@ class BNInception(InceptionNet):
     """
 
     model_name = "bn_inception"
+    # The stem (Fig. 5's rows above (3a)), then the ten Inception modules.
+    feature_stages = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", *(name for name, _ in BN_INCEPTION_BODY))
 
     def __init__(
         self,
@@ -193,14 +195,6 @@ class BNInception(InceptionNet):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of Inception (5b) before global pooling: 1024 x 7 x 7 at 224 (width_mult 1)."""
-        x = self.maxpool1(self.conv1(x))
-        x = self.maxpool2(self.conv3(self.conv2(x)))
-        for name, _ in BN_INCEPTION_BODY:
-            x = getattr(self, name)(x)
-        return x
 
 
 @register_model(

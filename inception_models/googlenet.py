@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from inception_models.base import InceptionNet, InceptionOutputs, make_head
+from inception_models.base import IMAGENET_MEAN, IMAGENET_STD, InceptionNetWithAux, make_head  # noqa: F401
 from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, scale_width
 from inception_models.registry import register_model
 
@@ -77,9 +77,6 @@ STEM_WIDTHS = (64, 64, 192)
 AUX_TAPS: dict[str, str] = {"inception4a": "aux1", "inception4d": "aux2"}
 
 AuxPool = Literal["adaptive", "paper"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _max_pool(kernel_size: int) -> nn.MaxPool2d:
@@ -172,7 +169,7 @@ class AuxiliaryClassifier(nn.Module):
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
 
-class GoogLeNet(InceptionNet):
+class GoogLeNet(InceptionNetWithAux):
     """GoogLeNet (Szegedy et al. 2014, Table 1): stem, Inception (3a)-(5b), global average pool, classifier.
 
     The defaults build torchvision's ``googlenet``: its submodules, in its registration order (stem, the nine
@@ -189,6 +186,11 @@ class GoogLeNet(InceptionNet):
     """
 
     model_name = "googlenet"
+    # The stem (Table 1's rows above (3a); ``norm1``/``norm2`` are the paper's LRN or identities), then the body.
+    feature_stages = (
+        "conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2", *(name for name, _ in GOOGLENET_BODY)
+    )
+    aux_taps = AUX_TAPS
 
     def __init__(
         self,
@@ -213,19 +215,17 @@ class GoogLeNet(InceptionNet):
             raise ValueError(f"maxpool4_kernel must be 2 (torchvision) or 3 (the paper), got {maxpool4_kernel}")
         if aux_pool not in ("adaptive", "paper"):
             raise ValueError(f"aux_pool={aux_pool!r} is not supported; use 'adaptive' (torchvision) or 'paper'")
-        if transform_input and in_chans != 3:
-            raise ValueError(
-                f"transform_input re-normalises 3 RGB channels but in_chans={in_chans}; use transform_input=False"
-            )
-        if aux_logits and num_classes == 0:
-            raise ValueError("aux_logits=True needs classes (num_classes > 0); build with aux_logits=False")
         if aux_logits and aux_pool == "paper":
             min_size = MIN_INPUT_SIZE_PAPER_AUX
         else:
             min_size = MIN_INPUT_SIZE if maxpool4_kernel == 2 else MIN_INPUT_SIZE_PAPER
-        super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=min_size)
-        self.aux_logits = aux_logits
-        self.transform_input = transform_input
+        super().__init__(
+            num_classes=num_classes,
+            in_chans=in_chans,
+            min_input_size=min_size,
+            aux_logits=aux_logits,
+            transform_input=transform_input,
+        )
         conv = dict(norm=check_norm(norm), eps=bn_eps)
         c1, c2, c3 = (scale_width(c, width_mult) for c in STEM_WIDTHS)
 
@@ -271,41 +271,6 @@ class GoogLeNet(InceptionNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transform_input:
-            return x
-        # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1].
-        # Constants computed in double precision, as torchvision does (float32 constants moved the logits by ~3e-5).
-        scale = x.new_tensor([s / 0.5 for s in IMAGENET_STD]).view(1, 3, 1, 1)
-        shift = x.new_tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)
-        return x * scale + shift
-
-    def _body(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self._transform_input(x)
-        x = self.maxpool1(self.conv1(x))
-        x = self.norm1(x)
-        x = self.norm2(self.conv3(self.conv2(x)))
-        x = self.maxpool2(x)
-        aux: list[torch.Tensor] = []
-        for name, _ in GOOGLENET_BODY:
-            x = getattr(self, name)(x)
-            if with_aux and name in AUX_TAPS:
-                aux.append(getattr(self, AUX_TAPS[name])(x))
-        return x, aux
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of Inception (5b) before global pooling: 1024 x 7 x 7 at 224 (width_mult 1)."""
-        return self._body(x, with_aux=False)[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:  # type: ignore[override]
-        self.check_input(x)
-        with_aux = self.training and self.aux_logits
-        features, aux = self._body(x, with_aux=with_aux)
-        logits = self.forward_head(features)
-        if with_aux:
-            return InceptionOutputs(logits, tuple(aux))
-        return logits
 
 
 class GoogLeNetPaper(GoogLeNet):

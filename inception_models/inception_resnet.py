@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
-from inception_models.layers import ConvNormAct, NormKind, check_norm, residual_scales, scale_width
+from inception_models.blocks import avg_pool_3x3, max_pool_3x3_valid
+from inception_models.layers import ConvNormAct, NormKind, check_norm, residual_scales, scale_widths
 from inception_models.registry import register_model
 
 __all__ = [
@@ -205,7 +206,7 @@ class ReductionA(nn.Module):
         super().__init__()
         self.branch_3x3 = ConvNormAct(in_channels, n, 3, stride=2, padding=0, norm=norm)
         self.branch_3x3dbl = _conv_branch(in_channels, (k, l, m), (1, 3, 3), norm=norm, reduce=True)
-        self.branch_pool = nn.MaxPool2d(3, stride=2)
+        self.branch_pool = max_pool_3x3_valid()
         self.out_channels = n + m + in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +228,7 @@ class ReductionB(nn.Module):
         self.branches = nn.ModuleList(
             _conv_branch(in_channels, w, k, norm=norm, reduce=True) for w, k in zip(widths, self.kernels)
         )
-        self.branch_pool = nn.MaxPool2d(3, stride=2)
+        self.branch_pool = max_pool_3x3_valid()
         self.out_channels = sum(w[-1] for w in widths) + in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +250,7 @@ class Mixed5b(nn.Module):
         _check_widths("Mixed_5b", widths, self.kernels)
         convs = [_conv_branch(in_channels, w, k, norm=norm) for w, k in zip(widths[:3], self.kernels[:3])]
         pool = nn.Sequential(
-            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+            avg_pool_3x3(count_include_pad=False),
             ConvNormAct(in_channels, widths[3][0], 1, norm=norm),
         )
         self.branches = nn.ModuleList([*convs, pool])
@@ -266,7 +267,7 @@ def _stem_trunk(in_chans: int, widths: Sequence[int], norm: NormKind) -> list[tu
         ("conv1a", ConvNormAct(in_chans, c1, 3, stride=2, padding=0, norm=norm)),
         ("conv2a", ConvNormAct(c1, c2, 3, padding=0, norm=norm)),
         ("conv2b", ConvNormAct(c2, c3, 3, padding=1, norm=norm)),
-        ("pool3a", nn.MaxPool2d(3, stride=2)),
+        ("pool3a", max_pool_3x3_valid()),
         ("conv3b", ConvNormAct(c3, c4, 1, norm=norm)),
         ("conv4a", ConvNormAct(c4, c5, 3, padding=0, norm=norm)),
     ]
@@ -299,7 +300,7 @@ class StemV2(nn.Sequential):
         if len(widths) != 5:
             raise ValueError(f"StemV2 takes the widths of its five plain convolutions, got {list(widths)}")
         layers = _stem_trunk(in_chans, widths, norm)
-        layers.append(("pool5a", nn.MaxPool2d(3, stride=2)))
+        layers.append(("pool5a", max_pool_3x3_valid()))
         mixed = Mixed5b(widths[4], mixed_5b, norm=norm)
         layers.append(("mixed5b", mixed))
         super().__init__(OrderedDict(layers))
@@ -367,12 +368,6 @@ V1_FACENET = InceptionResNetSpec(
 V1_PAPER = replace(V1_FACENET, final_block=False)
 
 
-def _scale_widths(widths, width_mult: float):
-    if isinstance(widths, int):
-        return scale_width(widths, width_mult)
-    return tuple(_scale_widths(w, width_mult) for w in widths)
-
-
 def _check_block_counts(block_counts: Sequence[int]) -> tuple[int, int, int]:
     try:
         counts = tuple(block_counts)
@@ -400,6 +395,10 @@ class InceptionResNet(InceptionNet):
     residual stream, each Inception-ResNet-C's 1x1 projection included), reached from Reduction-B's
     output by ``widen``, a 1x1 conv-BN-ReLU that exists only when ``final_width`` differs from that output.
     """
+
+    feature_stages = (
+        "stem", "stage_a", "reduction_a", "stage_b", "reduction_b", "widen", "stage_c", "final_block", "final_conv"
+    )
 
     def __init__(
         self,
@@ -434,7 +433,7 @@ class InceptionResNet(InceptionNet):
         self.residual = residual
 
         def w(widths):
-            return _scale_widths(widths, width_mult)
+            return scale_widths(widths, width_mult)
 
         if spec.stem == "v1":
             self.stem: nn.Module = StemV1(in_chans, w(spec.stem_widths), norm=norm)
@@ -480,39 +479,7 @@ class InceptionResNet(InceptionNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before global average pooling: ``(N, num_features, 8, 8)`` at 299x299."""
         self.check_input(x)
-        x = self.stage_a(self.stem(x))
-        x = self.stage_b(self.reduction_a(x))
-        x = self.stage_c(self.widen(self.reduction_b(x)))
-        return self.final_conv(self.final_block(x))
-
-
-def _build(
-    spec: InceptionResNetSpec,
-    model_name: str,
-    *,
-    num_classes: int,
-    in_chans: int,
-    drop_rate: float | None,
-    norm: NormKind,
-    width_mult: float,
-    residual_scale: float | Sequence[float],
-    block_counts: Sequence[int] | None,
-    residual: bool,
-    final_width: int | None,
-) -> InceptionResNet:
-    return InceptionResNet(
-        spec,
-        model_name=model_name,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        residual_scale=residual_scale,
-        block_counts=block_counts,
-        residual=residual,
-        final_width=final_width,
-    )
+        return super().forward_features(x)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -530,32 +497,63 @@ _KNOBS_DOC = """
 """
 
 
-def _with_knobs(doc: str) -> str:
-    return doc + _KNOBS_DOC
-
-
-@register_model(
-    paper=PAPER,
-    year=2016,
-    input_size=299,
-    min_input_size=MIN_INPUT_SIZE,
-    reference_params=55_843_464,
-    reference_gmacs=13.156,
-    reference_source="timm inception_resnet_v2 (= Cadene's port of the TF-slim release), measured with "
-    "torch 2.14.1 / timm 1.0.31; shared/REFERENCES.md",
-)
-def inception_resnet_v2(
+def _register_variant(
+    spec: InceptionResNetSpec,
+    name: str,
+    doc: str,
     *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.0,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
-    block_counts: Sequence[int] | None = None,
-    residual: bool = True,
-    final_width: int | None = None,
-) -> InceptionResNet:
+    reference_params: int | None = None,
+    reference_gmacs: float | None = None,
+    reference_source: str = "",
+) -> Callable[..., InceptionResNet]:
+    """Register the builder ``name`` of one variant: the knobs of all four, ``drop_rate`` defaulting to the spec's.
+
+    ``doc`` is the builder's docstring (the knobs are appended); the ``reference_*`` figures go to the registry.
+    """
+
+    def builder(
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = spec.drop_rate,
+        norm: NormKind = "bn",
+        width_mult: float = 1.0,
+        residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
+        block_counts: Sequence[int] | None = None,
+        residual: bool = True,
+        final_width: int | None = None,
+    ) -> InceptionResNet:
+        return InceptionResNet(
+            spec,
+            model_name=name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            norm=norm,
+            width_mult=width_mult,
+            residual_scale=residual_scale,
+            block_counts=block_counts,
+            residual=residual,
+            final_width=final_width,
+        )
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc + _KNOBS_DOC
+    register = register_model(
+        paper=PAPER,
+        year=2016,
+        input_size=299,
+        min_input_size=MIN_INPUT_SIZE,
+        reference_params=reference_params,
+        reference_gmacs=reference_gmacs,
+        reference_source=reference_source,
+    )
+    return register(builder)
+
+
+inception_resnet_v2 = _register_variant(
+    V2_RELEASED,
+    "inception_resnet_v2",
     """Inception-ResNet-v2 as released (TF-slim checkpoint, timm/Cadene port): 55,843,464 params, 13.156 GMACs.
 
     Stem of Fig. 14 plus a max-pool and Mixed_5b (320 channels), 10 Inception-ResNet-A (Fig. 16, scale
@@ -564,27 +562,16 @@ def inception_resnet_v2(
     scale 1.0 and no ReLU, then a 1x1 conv-BN-ReLU to 1536. Module and parameter order equal timm's, so
     its state dict maps by order. The paper's figure differs (tensorflow/models#1553): see
     ``inception_resnet_v2_paper``. Dropout defaults to timm's 0.0.
-    """
-    return _build(
-        V2_RELEASED, "inception_resnet_v2", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-        norm=norm, width_mult=width_mult, residual_scale=residual_scale, block_counts=block_counts,
-        residual=residual, final_width=final_width,
-    )
+    """,
+    reference_params=55_843_464,
+    reference_gmacs=13.156,
+    reference_source="timm inception_resnet_v2 (= Cadene's port of the TF-slim release), measured with "
+    "torch 2.14.1 / timm 1.0.31; shared/REFERENCES.md",
+)
 
-
-@register_model(paper=PAPER, year=2016, input_size=299, min_input_size=MIN_INPUT_SIZE)
-def inception_resnet_v2_paper(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.2,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
-    block_counts: Sequence[int] | None = None,
-    residual: bool = True,
-    final_width: int | None = None,
-) -> InceptionResNet:
+inception_resnet_v2_paper = _register_variant(
+    V2_PAPER,
+    "inception_resnet_v2_paper",
     """Inception-ResNet-v2 at the depth of the paper's Fig. 15: 5 / 10 / 5 blocks, 2080 features.
 
     The released network (``inception_resnet_v2``) doubles the blocks (10 / 20 / 10), adds a final
@@ -596,36 +583,12 @@ def inception_resnet_v2_paper(
     numbers do not add up (after the Fig. 3 stem's 384 channels, Reduction-A yields 1152 channels where
     Fig. 17's 1x1 projects to 1154, and Reduction-B 2144 where Fig. 19's gives 2048), so only depth and
     head differ from the release.
-    """
-    return _build(
-        V2_PAPER, "inception_resnet_v2_paper", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-        norm=norm, width_mult=width_mult, residual_scale=residual_scale, block_counts=block_counts,
-        residual=residual, final_width=final_width,
-    )
-
-
-@register_model(
-    paper=PAPER,
-    year=2016,
-    input_size=299,
-    min_input_size=MIN_INPUT_SIZE,
-    reference_params=24_357_096,
-    reference_gmacs=6.31,
-    reference_source="facenet (David Sandberg) inception_resnet_v1 body, 22,564,096 params, plus a "
-    "1792->1000 classifier; shared/REFERENCES.md",
+    """,
 )
-def inception_resnet_v1(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.2,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
-    block_counts: Sequence[int] | None = None,
-    residual: bool = True,
-    final_width: int | None = None,
-) -> InceptionResNet:
+
+inception_resnet_v1 = _register_variant(
+    V1_FACENET,
+    "inception_resnet_v1",
     """Inception-ResNet-v1 as David Sandberg's facenet builds it: 24,357,096 params with 1000 classes.
 
     Stem of Fig. 14 (35x35x256), 5 Inception-ResNet-A (Fig. 10, scale 0.17), Reduction-A (Fig. 7,
@@ -633,37 +596,18 @@ def inception_resnet_v1(
     1792 channels), 5 Inception-ResNet-C (Fig. 13, 0.20) and one more with scale 1.0 and no ReLU (facenet's
     ``block8(net, activation_fn=None)``), average pooling, dropout 0.2 (facenet's keep 0.8) and a
     1792 -> ``num_classes`` classifier where facenet has its 128-d bottleneck.
-    """
-    return _build(
-        V1_FACENET, "inception_resnet_v1", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-        norm=norm, width_mult=width_mult, residual_scale=residual_scale, block_counts=block_counts,
-        residual=residual, final_width=final_width,
-    )
+    """,
+    reference_params=24_357_096,
+    reference_gmacs=6.31,
+    reference_source="facenet (David Sandberg) inception_resnet_v1 body, 22,564,096 params, plus a "
+    "1792->1000 classifier; shared/REFERENCES.md",
+)
 
-
-@register_model(paper=PAPER, year=2016, input_size=299, min_input_size=MIN_INPUT_SIZE)
-def inception_resnet_v1_paper(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.2,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
-    block_counts: Sequence[int] | None = None,
-    residual: bool = True,
-    final_width: int | None = None,
-) -> InceptionResNet:
+inception_resnet_v1_paper = _register_variant(
+    V1_PAPER,
+    "inception_resnet_v1_paper",
     """Inception-ResNet-v1 as the paper's Fig. 15 draws it: facenet's network without the extra 8x8 block.
 
     5 / 10 / 5 blocks; average pooling follows the last scaled Inception-ResNet-C with its ReLU.
-    """
-    return _build(
-        V1_PAPER, "inception_resnet_v1_paper", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-        norm=norm, width_mult=width_mult, residual_scale=residual_scale, block_counts=block_counts,
-        residual=residual, final_width=final_width,
-    )
-
-
-for _builder in (inception_resnet_v2, inception_resnet_v2_paper, inception_resnet_v1, inception_resnet_v1_paper):
-    _builder.__doc__ = _with_knobs(_builder.__doc__ or "")
+    """,
+)

@@ -26,8 +26,8 @@ The factorisation switches undo one factorisation each, so its cost can be measu
 factorise, as in ``inception_v4``: the stem and the reduction blocks (Reduction-B's 1x7/7x1 pair included,
 which Fig. 10 does not have) keep their layers in every variant.
 
-Reduction-A/B and the expanded filter bank are Inception-v4's blocks (:mod:`inception_models.inception_v4`)
-with v3's widths: the topology is the same.
+Inception-A/B/C and Reduction-A/B are the blocks Inception-v4 shares (:mod:`inception_models.blocks`), with
+v3's widths and pools.
 
 Reference: 23,834,568 parameters without the aux head, 27,161,264 with it (the head alone 3,326,696),
 5.713 GMACs at 299x299 (torchvision 0.29.1 = timm 1.0.31, ``shared/REFERENCES.md``). The paper says "less
@@ -36,14 +36,22 @@ than 25 million parameters" and "5 billion multiply-adds".
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from inception_models.base import InceptionNet, InceptionOutputs, make_head
-from inception_models.inception_v4 import ExpandedFilterBank, ReductionA, ReductionB
-from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, conv_stacked, scale_width
+from inception_models.base import InceptionNetWithAux, make_head
+from inception_models.blocks import (
+    BlockTable,
+    InceptionA,
+    InceptionB,
+    InceptionC,
+    ReductionA,
+    ReductionB,
+    build_stages,
+    inception_stage_kwargs,
+    max_pool_3x3_valid,
+)
+from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, scale_widths
 from inception_models.registry import register_model
 
 __all__ = [
@@ -67,16 +75,8 @@ MIN_INPUT_SIZE = 75
 # The auxiliary classifier's 5x5/3 average pool and then its 'valid' 5x5 convolution need the full 17x17 grid,
 # which only inputs of 299 and more give: in training with ``aux_logits=True`` the minimum is 299.
 MIN_INPUT_SIZE_AUX_TRAINING = 299
-
-# torchvision's ``transform_input``: its pretrained weights expect [-1, 1] inputs, this re-maps ImageNet-normalised
-# ones. ImageNet channel means and standard deviations.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _avg_pool_3x3() -> nn.AvgPool2d:
-    # torchvision's blocks call F.avg_pool2d(x, 3, stride=1, padding=1), which divides by 9 at the border too.
-    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)
+# torchvision's blocks call F.avg_pool2d(x, 3, stride=1, padding=1), which divides by 9 at the border too.
+COUNT_INCLUDE_PAD = True
 
 
 class InceptionV3Stem(nn.Sequential):
@@ -92,120 +92,11 @@ class InceptionV3Stem(nn.Sequential):
         self.conv1a = ConvNormAct(in_chans, c1a, 3, stride=2, **conv)
         self.conv2a = ConvNormAct(c1a, c2a, 3, **conv)
         self.conv2b = ConvNormAct(c2a, c2b, 3, padding=1, **conv)
-        self.pool1 = nn.MaxPool2d(3, stride=2)
+        self.pool1 = max_pool_3x3_valid()
         self.conv3b = ConvNormAct(c2b, c3b, 1, **conv)
         self.conv4a = ConvNormAct(c3b, c4a, 3, **conv)
-        self.pool2 = nn.MaxPool2d(3, stride=2)
+        self.pool2 = max_pool_3x3_valid()
         self.out_channels = c4a
-
-
-class InceptionA(nn.Module):
-    """Inception-A block (Fig. 5), on the 35x35 grid: 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool -> 1x1.
-
-    ``factorize=False`` undoes the factorisation of Fig. 5: the double-3x3 branch becomes 1x1 -> one 5x5
-    (``b3x3dbl[0]`` -> ``b3x3dbl[2]``), the module of Fig. 4.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b5x5: tuple[int, int],
-        b3x3dbl: tuple[int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b5x5[0], 1, **conv),
-            ConvNormAct(b5x5[0], b5x5[1], 5, padding=2, **conv),
-        )
-        if factorize:
-            double: list[nn.Module] = list(conv_stacked(b3x3dbl[0], b3x3dbl[1:], 3, **conv))
-        else:
-            double = [ConvNormAct(b3x3dbl[0], b3x3dbl[2], 5, padding=2, **conv)]
-        self.branch2 = nn.Sequential(ConvNormAct(in_channels, b3x3dbl[0], 1, **conv), *double)
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + b5x5[1] + b3x3dbl[2] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class InceptionB(nn.Module):
-    """Inception-B block (Fig. 6, n = 7), on the 17x17 grid.
-
-    1x1 | 1x1 -> 1x7 -> 7x1 | 1x1 -> 7x1 -> 1x7 -> 7x1 -> 1x7 | avg pool -> 1x1. ``factorize=False`` turns every
-    1x7/7x1 pair back into one 7x7 convolution from the pair's input width straight to its output width.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b7x7: tuple[int, int, int],
-        b7x7dbl: tuple[int, int, int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b7x7[0], 1, **conv),
-            *conv_nxn(b7x7[0], b7x7[1], b7x7[2], 7, factorize=factorize, order="1xn_first", **conv),
-        )
-        self.branch2 = nn.Sequential(
-            ConvNormAct(in_channels, b7x7dbl[0], 1, **conv),
-            *conv_nxn(b7x7dbl[0], b7x7dbl[1], b7x7dbl[2], 7, factorize=factorize, order="nx1_first", **conv),
-            *conv_nxn(b7x7dbl[2], b7x7dbl[3], b7x7dbl[4], 7, factorize=factorize, order="nx1_first", **conv),
-        )
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + b7x7[2] + b7x7dbl[4] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class InceptionC(nn.Module):
-    """Inception-C block (Fig. 7), on the 8x8 grid, with expanded filter bank outputs.
-
-    1x1 | 1x1 -> (1x3 || 3x1) | 1x1 -> 3x3 -> (1x3 || 3x1) | avg pool -> 1x1, where ``||`` is a concat of
-    parallel convolutions. ``factorize=False`` turns each parallel 1x3/3x1 pair into one 3x3 with their summed
-    width, so the block's output width stays the same.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b3x3: tuple[int, int],
-        b3x3dbl: tuple[int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3[0], 1, **conv),
-            ExpandedFilterBank(b3x3[0], b3x3[1], factorize=factorize, **conv),
-        )
-        self.branch2 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3dbl[0], 1, **conv),
-            ConvNormAct(b3x3dbl[0], b3x3dbl[1], 3, padding=1, **conv),
-            ExpandedFilterBank(b3x3dbl[1], b3x3dbl[2], factorize=factorize, **conv),
-        )
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + 2 * b3x3[1] + 2 * b3x3dbl[2] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
 class AuxiliaryClassifier(nn.Module):
@@ -234,7 +125,6 @@ STEM_WIDTHS: tuple[int, int, int, int, int] = (32, 32, 64, 80, 192)
 _A = dict(b1x1=64, b5x5=(48, 64), b3x3dbl=(64, 96, 96))
 _B = [dict(b1x1=192, b7x7=(c7, c7, 192), b7x7dbl=(c7, c7, c7, c7, 192), pool_proj=192) for c7 in (128, 160, 160, 192)]
 _C = dict(b1x1=320, b3x3=(384, 384), b3x3dbl=(448, 384, 384), pool_proj=192)
-BlockTable = tuple[tuple[str, Callable[..., nn.Module], tuple[dict[str, int | tuple[int, ...]], ...]], ...]
 INCEPTION_V3_BODY: BlockTable = (
     ("inception_a", InceptionA, (dict(_A, pool_proj=32), dict(_A, pool_proj=64), dict(_A, pool_proj=64))),
     ("reduction_a", ReductionA, (dict(k=64, l=96, m=96, n=384),)),
@@ -246,13 +136,7 @@ AUX_TAP = "inception_b"
 AUX_WIDTHS: tuple[int, int] = (128, 768)
 
 
-def _scaled(widths: int | tuple[int, ...], width_mult: float) -> int | tuple[int, ...]:
-    if isinstance(widths, int):
-        return scale_width(widths, width_mult)
-    return tuple(scale_width(w, width_mult) for w in widths)
-
-
-class InceptionV3(InceptionNet):
+class InceptionV3(InceptionNetWithAux):
     """Inception-v3 (Szegedy et al. 2015, Table 1): stem, 3 x A, Reduction-A, 4 x B, Reduction-B, 2 x C.
 
     Submodules are registered in the order of torchvision's (and timm's) ``inception_v3`` with the same shapes
@@ -263,6 +147,8 @@ class InceptionV3(InceptionNet):
     """
 
     model_name = "inception_v3"
+    feature_stages = ("stem", *(stage for stage, _, _ in INCEPTION_V3_BODY))
+    aux_taps = {AUX_TAP: "aux_head"}
 
     def __init__(
         self,
@@ -278,34 +164,30 @@ class InceptionV3(InceptionNet):
         factorize_b: bool = True,
         factorize_c: bool = True,
     ) -> None:
-        if transform_input and in_chans != 3:
-            raise ValueError(
-                f"transform_input re-normalises 3 RGB channels but in_chans={in_chans}; use transform_input=False"
-            )
-        if aux_logits and num_classes == 0:
-            raise ValueError("aux_logits=True needs classes (num_classes > 0); build with aux_logits=False")
-        super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
-        self.aux_logits = aux_logits
-        self.transform_input = transform_input
+        super().__init__(
+            num_classes=num_classes,
+            in_chans=in_chans,
+            min_input_size=MIN_INPUT_SIZE,
+            aux_logits=aux_logits,
+            transform_input=transform_input,
+        )
         self.norm = check_norm(norm)
         conv = dict(norm=norm, eps=TF_BN_EPS)
-        factorize = {"inception_a": factorize_a, "inception_b": factorize_b, "inception_c": factorize_c}
+        stage_kwargs = inception_stage_kwargs(
+            factorize_a=factorize_a, factorize_b=factorize_b, factorize_c=factorize_c,
+            count_include_pad=COUNT_INCLUDE_PAD,
+        )
 
-        self.stem = InceptionV3Stem(in_chans, _scaled(STEM_WIDTHS, width_mult), **conv)  # type: ignore[arg-type]
-        channels = self.stem.out_channels
+        self.stem = InceptionV3Stem(in_chans, scale_widths(STEM_WIDTHS, width_mult), **conv)  # type: ignore[arg-type]
         self.aux_head: AuxiliaryClassifier | None = None
-        for stage, block, table in INCEPTION_V3_BODY:
-            blocks = []
-            for widths in table:
-                kwargs = {k: _scaled(v, width_mult) for k, v in widths.items()}
-                if stage in factorize:
-                    kwargs["factorize"] = factorize[stage]
-                blocks.append(block(channels, **kwargs, **conv))
-                channels = blocks[-1].out_channels
-            self.add_module(stage, nn.Sequential(*blocks))
+        for stage, blocks, channels in build_stages(
+            INCEPTION_V3_BODY, self.stem.out_channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
+        ):
+            self.add_module(stage, blocks)
             if stage == AUX_TAP and aux_logits:
                 # Registered here, between the 17x17 blocks and Reduction-B, as torchvision does.
-                self.aux_head = AuxiliaryClassifier(channels, num_classes, _scaled(AUX_WIDTHS, width_mult), **conv)
+                aux_widths = scale_widths(AUX_WIDTHS, width_mult)
+                self.aux_head = AuxiliaryClassifier(channels, num_classes, aux_widths, **conv)  # type: ignore[arg-type]
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
         self._init_weights()
@@ -343,37 +225,6 @@ class InceptionV3(InceptionNet):
                     f"{MIN_INPUT_SIZE_AUX_TRAINING} pixels in training (its auxiliary classifier needs the full "
                     f"17x17 grid), got {h}x{w}; resize the images, build with aux_logits=False, or call .eval()"
                 )
-
-    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transform_input:
-            return x
-        # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1]. The
-        # constants are computed in double, as torchvision does, so the result is bit-identical to its remap.
-        scale = x.new_tensor([s / 0.5 for s in _IMAGENET_STD]).view(1, 3, 1, 1)
-        shift = x.new_tensor([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN]).view(1, 3, 1, 1)
-        return x * scale + shift
-
-    def _body(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.stem(self._transform_input(x))
-        aux = None
-        for stage, _, _ in INCEPTION_V3_BODY:
-            x = getattr(self, stage)(x)
-            if with_aux and stage == AUX_TAP:
-                aux = self.aux_head(x)  # type: ignore[misc]
-        return x, aux
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of the last Inception-C block before global pooling: 2048 x 8 x 8 at 299 (width_mult 1)."""
-        return self._body(x, with_aux=False)[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:  # type: ignore[override]
-        self.check_input(x)
-        with_aux = self.training and self.aux_head is not None
-        features, aux = self._body(x, with_aux=with_aux)
-        logits = self.forward_head(features)
-        if with_aux:
-            return InceptionOutputs(logits, aux)  # type: ignore[arg-type]
-        return logits
 
 
 @register_model(

@@ -11,18 +11,31 @@ model (timm ``inception_v4`` = Cadene's port of the TF-slim checkpoint), so its 
 - BN eps is 1e-3; the stem's 7-tap pair is 1x7 then 7x1 (Fig. 3 draws 7x1 first), Inception-C's second
   branch is 3x1 (448) then 1x3 (512) (Fig. 6 draws 1x3 first), as in the released weights.
 
+Inception-A/B/C, Reduction-A/B and the expanded filter bank are the blocks Inception-v3 shares
+(:mod:`inception_models.blocks`), with v4's widths and TF's pools; the stem is v4's own.
+
 Reference: 42,679,816 parameters and 12.254 GMACs at 299x299 (timm 1.0.31, ``../shared/REFERENCES.md``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
-from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, scale_width
+from inception_models.blocks import (
+    BlockTable,
+    ExpandedFilterBank,
+    InceptionA,
+    InceptionB,
+    InceptionC,
+    ReductionA,
+    ReductionB,
+    build_stages,
+    inception_stage_kwargs,
+    max_pool_3x3_valid,
+)
+from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, scale_widths
 from inception_models.registry import register_model
 
 __all__ = [
@@ -39,15 +52,8 @@ __all__ = [
 
 # The smallest input every 'valid' stride-2 stage can still reduce: 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3 -> 1.
 MIN_INPUT_SIZE = 75
-
-
-def _avg_pool_3x3() -> nn.AvgPool2d:
-    # TF's 'SAME' average pool divides by the number of real pixels; counting the zero padding would not match.
-    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-
-
-def _max_pool_3x3_valid() -> nn.MaxPool2d:
-    return nn.MaxPool2d(3, stride=2)
+# TF's 'SAME' average pools divide by the number of real pixels: counting the zero padding would not match.
+COUNT_INCLUDE_PAD = False
 
 
 class StridedConvPool(nn.Module):
@@ -60,7 +66,7 @@ class StridedConvPool(nn.Module):
     def __init__(self, in_channels: int, conv_channels: int, *, pool_first: bool, **conv: object) -> None:
         super().__init__()
         self.pool_first = pool_first
-        self.pool = _max_pool_3x3_valid()
+        self.pool = max_pool_3x3_valid()
         self.conv = ConvNormAct(in_channels, conv_channels, 3, stride=2, **conv)
         self.out_channels = in_channels + conv_channels
 
@@ -114,181 +120,8 @@ class InceptionV4Stem(nn.Sequential):
         self.out_channels = self.mixed_5a.out_channels
 
 
-class ExpandedFilterBank(nn.Module):
-    """Parallel 1x3 and 3x1 convolutions, concatenated (Inception-v3 Fig. 7, used by Inception-C).
-
-    Unfactorised (``factorize=False``) the pair becomes one 3x3 convolution with both outputs' width.
-    """
-
-    def __init__(self, in_channels: int, out_each: int, *, factorize: bool = True, **conv: object) -> None:
-        super().__init__()
-        self.factorize = factorize
-        if factorize:
-            self.conv_1x3 = ConvNormAct(in_channels, out_each, (1, 3), padding=(0, 1), **conv)
-            self.conv_3x1 = ConvNormAct(in_channels, out_each, (3, 1), padding=(1, 0), **conv)
-        else:
-            self.conv_3x3 = ConvNormAct(in_channels, 2 * out_each, 3, padding=1, **conv)
-        self.out_channels = 2 * out_each
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.factorize:
-            return torch.cat((self.conv_1x3(x), self.conv_3x1(x)), 1)
-        return self.conv_3x3(x)
-
-
-class InceptionA(nn.Module):
-    """Inception-A block (Fig. 4), on the 35x35 grid.
-
-    ``factorize=False`` undoes the factorisation of the 5x5 convolution into two 3x3 (Inception-v3, Fig. 5).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b3x3: tuple[int, int],
-        b3x3dbl: tuple[int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3[0], 1, **conv),
-            ConvNormAct(b3x3[0], b3x3[1], 3, padding=1, **conv),
-        )
-        if factorize:
-            double = [
-                ConvNormAct(b3x3dbl[0], b3x3dbl[1], 3, padding=1, **conv),
-                ConvNormAct(b3x3dbl[1], b3x3dbl[2], 3, padding=1, **conv),
-            ]
-        else:
-            double = [ConvNormAct(b3x3dbl[0], b3x3dbl[2], 5, padding=2, **conv)]
-        self.branch2 = nn.Sequential(ConvNormAct(in_channels, b3x3dbl[0], 1, **conv), *double)
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + b3x3[1] + b3x3dbl[2] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class ReductionA(nn.Module):
-    """Reduction-A block (Fig. 7), 35x35 -> 17x17; Table 1 gives k, l, m, n = 192, 224, 256, 384 for v4."""
-
-    def __init__(self, in_channels: int, *, k: int, l: int, m: int, n: int, **conv: object) -> None:  # noqa: E741
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, n, 3, stride=2, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, k, 1, **conv),
-            ConvNormAct(k, l, 3, padding=1, **conv),
-            ConvNormAct(l, m, 3, stride=2, **conv),
-        )
-        self.branch2 = _max_pool_3x3_valid()
-        self.out_channels = n + m + in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-
-
-class InceptionB(nn.Module):
-    """Inception-B block (Fig. 5), on the 17x17 grid.
-
-    ``factorize=False`` turns every 1x7/7x1 pair back into one 7x7 convolution (from the pair's input width
-    straight to its output width), the "undo" of Inception-v3's asymmetric factorisation (Fig. 6).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b7x7: tuple[int, int, int],
-        b7x7dbl: tuple[int, int, int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b7x7[0], 1, **conv),
-            *conv_nxn(b7x7[0], b7x7[1], b7x7[2], 7, factorize=factorize, order="1xn_first", **conv),
-        )
-        self.branch2 = nn.Sequential(
-            ConvNormAct(in_channels, b7x7dbl[0], 1, **conv),
-            *conv_nxn(b7x7dbl[0], b7x7dbl[1], b7x7dbl[2], 7, factorize=factorize, order="nx1_first", **conv),
-            *conv_nxn(b7x7dbl[2], b7x7dbl[3], b7x7dbl[4], 7, factorize=factorize, order="nx1_first", **conv),
-        )
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + b7x7[2] + b7x7dbl[4] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class ReductionB(nn.Module):
-    """Reduction-B block (Fig. 8), 17x17 -> 8x8."""
-
-    def __init__(
-        self, in_channels: int, *, b3x3: tuple[int, int], b7x7x3: tuple[int, int, int, int], **conv: object
-    ) -> None:
-        super().__init__()
-        self.branch0 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3[0], 1, **conv),
-            ConvNormAct(b3x3[0], b3x3[1], 3, stride=2, **conv),
-        )
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b7x7x3[0], 1, **conv),
-            *conv_nxn(b7x7x3[0], b7x7x3[1], b7x7x3[2], 7, order="1xn_first", **conv),
-            ConvNormAct(b7x7x3[2], b7x7x3[3], 3, stride=2, **conv),
-        )
-        self.branch2 = _max_pool_3x3_valid()
-        self.out_channels = b3x3[1] + b7x7x3[3] + in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-
-
-class InceptionC(nn.Module):
-    """Inception-C block (Fig. 6), on the 8x8 grid, with its expanded filter banks.
-
-    ``factorize=False`` turns each 1x3/3x1 pair into one 3x3 convolution: the sequential pair
-    (384 -> 448 -> 512) becomes a 3x3 from 384 to 512, and each parallel split (two outputs of 256)
-    becomes one 3x3 with 512 outputs, so the block's output width stays the same.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        b1x1: int,
-        b3x3: tuple[int, int],
-        b3x3dbl: tuple[int, int, int, int],
-        pool_proj: int,
-        factorize: bool = True,
-        **conv: object,
-    ) -> None:
-        super().__init__()
-        self.branch0 = ConvNormAct(in_channels, b1x1, 1, **conv)
-        self.branch1 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3[0], 1, **conv),
-            ExpandedFilterBank(b3x3[0], b3x3[1], factorize=factorize, **conv),
-        )
-        self.branch2 = nn.Sequential(
-            ConvNormAct(in_channels, b3x3dbl[0], 1, **conv),
-            *conv_nxn(b3x3dbl[0], b3x3dbl[1], b3x3dbl[2], 3, factorize=factorize, order="nx1_first", **conv),
-            ExpandedFilterBank(b3x3dbl[2], b3x3dbl[3], factorize=factorize, **conv),
-        )
-        self.branch3 = nn.Sequential(_avg_pool_3x3(), ConvNormAct(in_channels, pool_proj, 1, **conv))
-        self.out_channels = b1x1 + 2 * b3x3[1] + 2 * b3x3dbl[3] + pool_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-# The stem's widths (Fig. 3) and the body as a table: (stage name, block, repeats, widths). Fig. 9 and Table 1.
+# The stem's widths (Fig. 3) and the body as a table: (stage name, block, one width dict per block). Fig. 9 and
+# Table 1.
 STEM_WIDTHS: dict[str, tuple[int, ...]] = {
     "convs": (32, 32, 64),
     "mixed_3a": (96,),
@@ -296,20 +129,15 @@ STEM_WIDTHS: dict[str, tuple[int, ...]] = {
     "mixed_4a_long": (64, 64, 64, 96),
     "mixed_5a": (192,),
 }
-INCEPTION_V4_BODY: tuple[tuple[str, Callable[..., nn.Module], int, dict[str, int | tuple[int, ...]]], ...] = (
-    ("inception_a", InceptionA, 4, dict(b1x1=96, b3x3=(64, 96), b3x3dbl=(64, 96, 96), pool_proj=96)),
-    ("reduction_a", ReductionA, 1, dict(k=192, l=224, m=256, n=384)),
-    ("inception_b", InceptionB, 7,
-     dict(b1x1=384, b7x7=(192, 224, 256), b7x7dbl=(192, 192, 224, 224, 256), pool_proj=128)),
-    ("reduction_b", ReductionB, 1, dict(b3x3=(192, 192), b7x7x3=(256, 256, 320, 320))),
-    ("inception_c", InceptionC, 3, dict(b1x1=256, b3x3=(384, 256), b3x3dbl=(384, 448, 512, 256), pool_proj=256)),
+INCEPTION_V4_BODY: BlockTable = (
+    ("inception_a", InceptionA, 4 * (dict(b1x1=96, b3x3=(64, 96), b3x3dbl=(64, 96, 96), pool_proj=96),)),
+    ("reduction_a", ReductionA, (dict(k=192, l=224, m=256, n=384),)),
+    ("inception_b", InceptionB,
+     7 * (dict(b1x1=384, b7x7=(192, 224, 256), b7x7dbl=(192, 192, 224, 224, 256), pool_proj=128),)),
+    ("reduction_b", ReductionB, (dict(b3x3=(192, 192), b7x7x3=(256, 256, 320, 320)),)),
+    ("inception_c", InceptionC,
+     3 * (dict(b1x1=256, b3x3=(384, 256), b3x3dbl=(384, 448, 512, 256), pool_proj=256),)),
 )
-
-
-def _scaled(widths: int | tuple[int, ...], width_mult: float) -> int | tuple[int, ...]:
-    if isinstance(widths, int):
-        return scale_width(widths, width_mult)
-    return tuple(scale_width(w, width_mult) for w in widths)
 
 
 class InceptionV4(InceptionNet):
@@ -321,6 +149,7 @@ class InceptionV4(InceptionNet):
     """
 
     model_name = "inception_v4"
+    feature_stages = ("stem", *(stage for stage, _, _ in INCEPTION_V4_BODY))
 
     def __init__(
         self,
@@ -336,28 +165,19 @@ class InceptionV4(InceptionNet):
     ) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
         conv = dict(norm=check_norm(norm), eps=TF_BN_EPS)
-        factorize = {"inception_a": factorize_a, "inception_b": factorize_b, "inception_c": factorize_c}
-        stem_widths = {k: _scaled(v, width_mult) for k, v in STEM_WIDTHS.items()}
+        stage_kwargs = inception_stage_kwargs(
+            factorize_a=factorize_a, factorize_b=factorize_b, factorize_c=factorize_c,
+            count_include_pad=COUNT_INCLUDE_PAD,
+        )
+        stem_widths = {k: scale_widths(v, width_mult) for k, v in STEM_WIDTHS.items()}
         self.stem = InceptionV4Stem(in_chans, widths=stem_widths, **conv)  # type: ignore[arg-type]
         channels = self.stem.out_channels
-        for stage, block, repeats, widths in INCEPTION_V4_BODY:
-            kwargs = {k: _scaled(v, width_mult) for k, v in widths.items()}
-            if stage in factorize:
-                kwargs["factorize"] = factorize[stage]
-            blocks = []
-            for _ in range(repeats):
-                blocks.append(block(channels, **kwargs, **conv))
-                channels = blocks[-1].out_channels
-            self.add_module(stage, nn.Sequential(*blocks))
+        for stage, blocks, channels in build_stages(
+            INCEPTION_V4_BODY, channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
+        ):
+            self.add_module(stage, blocks)
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature map before global average pooling (8x8x1536 for a 299x299 input)."""
-        x = self.stem(x)
-        for stage, *_ in INCEPTION_V4_BODY:
-            x = getattr(self, stage)(x)
-        return x
 
 
 @register_model(

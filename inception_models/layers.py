@@ -33,6 +33,13 @@ def scale_width(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
 
 
+def scale_widths(widths: int | Sequence, width_mult: float) -> int | tuple:
+    """:func:`scale_width` applied to every width of an int or a (nested) tuple of ints, keeping the shape."""
+    if isinstance(widths, int):
+        return scale_width(widths, width_mult)
+    return tuple(scale_widths(w, width_mult) for w in widths)
+
+
 class ConvNormAct(nn.Sequential):
     """Convolution, then batch norm (or nothing), then ReLU (or nothing).
 

@@ -156,6 +156,7 @@ class SmallInception(InceptionNet):
     """
 
     model_name = "small_inception"
+    feature_stages = ("stem", "stage0", "downsample0", "stage1", "downsample1", "stage2")
 
     def __init__(
         self,
@@ -209,13 +210,6 @@ class SmallInception(InceptionNet):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map before the global pool: 336 x 8 x 8 at 32x32 input (width_mult 1)."""
-        x = self.stem(x)
-        x = self.downsample0(self.stage0(x))
-        x = self.downsample1(self.stage1(x))
-        return self.stage2(x)
 
 
 @register_model(

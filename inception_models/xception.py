@@ -154,6 +154,7 @@ class Xception(InceptionNet):
     """
 
     model_name = "xception"
+    feature_stages = ("stem", "entry_flow", "middle_flow", "exit_flow")
 
     def __init__(
         self,
@@ -218,10 +219,6 @@ class Xception(InceptionNet):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature map before global average pooling (10x10x2048 for a 299x299 input)."""
-        return self.exit_flow(self.middle_flow(self.entry_flow(self.stem(x))))
 
 
 @register_model(

@@ -10,6 +10,8 @@ from torch import nn
 from inception_models import create_model, model_info
 from inception_models.bn_inception import BNInception, BNInceptionModule, BNInceptionReduction
 
+from helpers import macs_and_grids, n_params
+
 REFERENCE_PARAMS = 11_295_240  # Cadene's pretrainedmodels bninception, shared/REFERENCES.md
 REFERENCE_GMACS = 2.033
 
@@ -28,10 +30,6 @@ FIG_5 = (
     ("inception5a", (352, 192, 320, 160, 224, 128)),
     ("inception5b", (352, 192, 320, 192, 224, 128)),
 )
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def port_convs(width_mult: float = 1.0) -> tuple[list[tuple[int, int, int]], int]:
@@ -89,25 +87,9 @@ def test_ordered_state_dict_is_the_caffe_ports_layout():
 
 def test_native_size_macs_grids_and_features():
     model = create_model("bn_inception").eval()
-    macs, grids = 0, {}
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output.numel() * module.in_channels * kh * kw
-        else:
-            macs += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for name, _ in FIG_5:
-        hooks.append(getattr(model, name).register_forward_hook(
-            lambda _m, _i, out, name=name: grids.__setitem__(name, tuple(out.shape[1:]))))
     x = torch.randn(1, 3, 224, 224)
+    macs, grids, logits = macs_and_grids(model, x, [name for name, _ in FIG_5])
     with torch.no_grad():
-        logits = model(x)
-        for h in hooks:
-            h.remove()
         features = model.forward_features(x)
     assert logits.shape == (1, 1000) and features.shape == (1, 1024, 7, 7)
     assert round(macs / 1e9, 3) == REFERENCE_GMACS

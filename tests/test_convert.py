@@ -23,30 +23,9 @@ from inception_models.convert import (
     read_state_dict,
 )
 
+from helpers import calibrate_bn
+
 timm = pytest.importorskip("timm")
-
-
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """BN statistics of real activations and distinct affine parameters; returns the model in eval mode.
-
-    Default-initialised BN (mean 0, var 1) lets the signal vanish, so logits would not depend on the input,
-    and identical values would hide a mis-ordered copy. Only the BN layers run in train mode for the one
-    calibration pass, so auxiliary heads and dropout stay out of it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: one pass stores the batch statistics
-        m.train()
-    with torch.no_grad():
-        model(x)
-        for m in bns:
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.momentum = 0.1
-    return model.eval()
 
 
 def assert_same_logits(ours: nn.Module, reference: nn.Module, size: int) -> None:

@@ -14,9 +14,7 @@ from analysis.tables import FORMATS, render, write_table
 from inception_models import create_model, list_models, model_info
 from inception_models.layers import ConvNormAct, check_input, conv_nxn, conv_stacked, residual_scales, scale_width
 
-
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from helpers import n_params
 
 
 def test_unknown_model_lists_the_known_ones():

@@ -9,6 +9,8 @@ from torch import nn
 from inception_models import InceptionOutputs, create_model, model_info
 from inception_models.googlenet import AUX_LOSS_WEIGHT, GoogLeNet, GoogLeNetPaper, InceptionModule
 
+from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params
+
 torchvision = pytest.importorskip("torchvision")
 
 REFERENCE_PARAMS = 6_624_904  # torchvision 0.29.1 googlenet(aux_logits=False), shared/REFERENCES.md
@@ -29,10 +31,6 @@ TABLE_1 = (
     (832, (256, 160, 320, 32, 128, 128)),
     (832, (384, 192, 384, 48, 128, 128)),
 )
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def closed_form_params(*, k5: int, bn: bool, width_mult: float = 1.0, aux: bool = False, classes: int = 1000) -> int:
@@ -62,57 +60,12 @@ def closed_form_params(*, k5: int, bn: bool, width_mult: float = 1.0, aux: bool 
     return total
 
 
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> None:
-    """Give every BN statistics of real activations (one train-mode pass) and distinct affine parameters, so
-    the logits depend on the input and a mis-ordered copy would show."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one pass sets the batch statistics
-    model.train()
-    with torch.no_grad():
-        model(x)
-        for m in bns:
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.momentum = 0.1
-    model.eval()
-
-
-def copy_by_order(ours: nn.Module, reference: nn.Module) -> None:
-    ours.load_state_dict(dict(zip(ours.state_dict(), reference.state_dict().values())), strict=True)
-
-
-def macs_and_grids(model: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> tuple[int, dict]:
-    """MACs of conv and linear layers (batch 1) and the output shape of the named submodules."""
-    macs, grids = 0, {}
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output.numel() * module.in_channels // module.groups * kh * kw
-        else:
-            macs += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for name in names:
-        hooks.append(model.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: grids.__setitem__(name, tuple(out.shape[1:]))))
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return macs, grids
-
-
 @pytest.fixture(scope="module")
 def aux_pair() -> tuple[GoogLeNet, nn.Module]:
     """torchvision's googlenet with aux heads and random BN, and ours with its values copied by order (eval)."""
     torch.manual_seed(0)
     reference = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
-    calibrate_bn(reference, torch.randn(4, 3, 64, 64))
+    calibrate_bn(reference, torch.randn(4, 3, 64, 64), whole_model=True)
     ours = create_model("googlenet", aux_logits=True).eval()
     copy_by_order(ours, reference)
     return ours, reference
@@ -179,7 +132,7 @@ def test_training_outputs_equal_torchvision_aux_heads_included(aux_pair):
 def test_transform_input_equals_torchvision():
     torch.manual_seed(0)
     reference = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
-    calibrate_bn(reference, torch.randn(4, 3, 48, 48))
+    calibrate_bn(reference, torch.randn(4, 3, 48, 48), whole_model=True)
     ours = create_model("googlenet", transform_input=True).eval()
     copy_by_order(ours, reference)
     x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
@@ -195,7 +148,7 @@ def test_transform_input_equals_torchvision():
 def test_native_size_macs_grids_and_features():
     model = create_model("googlenet").eval()
     names = ("maxpool2", "inception3b", "inception4a", "inception4e", "inception5b", "fc")
-    macs, grids = macs_and_grids(model, torch.randn(1, 3, 224, 224), names)
+    macs, grids, _ = macs_and_grids(model, torch.randn(1, 3, 224, 224), names)
     assert round(macs / 1e9, 3) == REFERENCE_GMACS
     assert grids == {
         "maxpool2": (192, 28, 28),
@@ -217,7 +170,7 @@ def test_real_5x5_branch_adds_exactly_16_weights_per_channel_pair():
     assert n_params(five) == REFERENCE_PARAMS_5X5
     assert five.inception3a.branch3[1].conv.kernel_size == (5, 5)
     assert base.inception3a.branch3[1].conv.kernel_size == (3, 3)
-    macs, grids = macs_and_grids(five.eval(), torch.randn(1, 3, 224, 224), ("inception5b",))
+    macs, grids, _ = macs_and_grids(five.eval(), torch.randn(1, 3, 224, 224), ("inception5b",))
     assert round(macs / 1e9, 3) == REFERENCE_GMACS_5X5 and grids["inception5b"] == (1024, 7, 7)
     with pytest.raises(ValueError, match="branch5x5_kernel"):
         create_model("googlenet", branch5x5_kernel=4)

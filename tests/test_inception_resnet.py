@@ -16,33 +16,17 @@ from inception_models.inception_resnet import (
 )
 from inception_models.layers import ConvNormAct
 
+from helpers import macs_and_grids, n_params
+
 NAMES = ("inception_resnet_v2", "inception_resnet_v2_paper", "inception_resnet_v1", "inception_resnet_v1_paper")
 SMALL = dict(block_counts=(1, 1, 1), width_mult=0.25, num_classes=10)
 
 
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def conv_linear_gmacs(model: nn.Module, size: int) -> tuple[float, tuple[int, ...]]:
     """MACs of conv and linear layers (the REFERENCES.md convention) and the feature shape, on meta tensors."""
-    total = 0
-
-    def count(module, _inputs, out):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += out[0].numel() * module.in_channels // module.groups * kh * kw
-        else:
-            total += module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    model.eval()
-    features = model.forward_features(torch.empty(1, 3, size, size, device="meta"))
-    model.forward_head(features)
-    for h in hooks:
-        h.remove()
-    return total / 1e9, tuple(features.shape)
+    # final_conv, an identity where a variant has none, outputs the feature map.
+    macs, grids, _ = macs_and_grids(model.eval(), torch.empty(1, 3, size, size, device="meta"), ["final_conv"])
+    return macs / 1e9, (1, *grids["final_conv"])
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ from inception_models.inception_v3 import (
     ReductionB,
 )
 
+from helpers import calibrate_bn, conv_bn, copy_by_order, macs_and_grids, n_params
+
 timm = pytest.importorskip("timm")
 
 # torchvision 0.29.1 inception_v3 = timm 1.0.31 inception_v3 (shared/REFERENCES.md)
@@ -28,45 +30,10 @@ AUX_HEAD_PARAMS = 3_326_696
 REFERENCE_GMACS = 5.713
 
 
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def on_meta(**knobs) -> InceptionV3:
     """Our model with shapes only (no memory, no initialisation): counting needs nothing more, and is fast."""
     with torch.device("meta"):
         return create_model("inception_v3", **knobs)
-
-
-def conv_bn(c_in: int, c_out: int, kh: int, kw: int) -> int:
-    """Parameters of one conv (no bias) + BN (gamma, beta)."""
-    return kh * kw * c_in * c_out + 2 * c_out
-
-
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Give every BN statistics of real activations (one train-mode pass) and distinct affine parameters.
-
-    Default statistics (mean 0, var 1) on random weights let the signal explode or vanish, so the logits would
-    barely depend on the input; distinct values also make a mis-ordered copy show.
-    """
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: one pass sets the batch statistics
-    model.train()
-    with torch.no_grad():
-        model(x)
-        for m in bns:
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.momentum = 0.1
-    return model.eval()
-
-
-def copy_by_order(ours: nn.Module, reference: nn.Module) -> nn.Module:
-    ours.load_state_dict(dict(zip(ours.state_dict(), reference.state_dict().values())), strict=True)
-    return ours.eval()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +44,10 @@ def torchvision_pair() -> tuple[nn.Module, nn.Module]:
                                                 init_weights=False)
     # The aux head cannot run in training below 299x299: calibrate the body without it, then the head alone.
     aux_head, reference.AuxLogits = reference.AuxLogits, None
-    calibrate_bn(reference, torch.randn(4, 3, 80, 80))
+    calibrate_bn(reference, torch.randn(4, 3, 80, 80), whole_model=True)
     reference.AuxLogits = aux_head
-    calibrate_bn(aux_head, torch.randn(4, 768, 17, 17), seed=1)
-    ours = copy_by_order(create_model("inception_v3", aux_logits=True, transform_input=True), reference)
+    calibrate_bn(aux_head, torch.randn(4, 768, 17, 17), seed=1, whole_model=True)
+    ours = copy_by_order(create_model("inception_v3", aux_logits=True, transform_input=True), reference).eval()
     return ours, reference
 
 
@@ -129,8 +96,9 @@ def test_aux_head_equals_torchvision(torchvision_pair):
 
 def test_logits_equal_timm_after_copy_by_order():
     torch.manual_seed(0)
-    reference = calibrate_bn(timm.create_model("inception_v3", num_classes=10), torch.randn(4, 3, 76, 76))
-    ours = copy_by_order(create_model("inception_v3", num_classes=10), reference)
+    reference = calibrate_bn(timm.create_model("inception_v3", num_classes=10), torch.randn(4, 3, 76, 76),
+                             whole_model=True)
+    ours = copy_by_order(create_model("inception_v3", num_classes=10), reference).eval()
     x = torch.randn(2, 3, 76, 76, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
@@ -140,28 +108,8 @@ def test_full_size_training_forward_with_aux():
     """The one 299x299 forward, in training with the aux head: outputs, grids and the main path's MACs."""
     torch.manual_seed(0)
     model = create_model("inception_v3", aux_logits=True).train()
-    macs = 0
-    grids: dict[str, tuple[int, ...]] = {}
-    aux_modules = set(model.aux_head.modules())
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        if module in aux_modules:
-            return
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output[0].numel() * module.in_channels // module.groups * kh * kw  # one image
-        else:
-            macs += output[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for stage in ("stem", "inception_a", "reduction_a", "inception_b", "reduction_b", "inception_c"):
-        hooks.append(getattr(model, stage).register_forward_hook(
-            lambda _m, _i, out, stage=stage: grids.__setitem__(stage, tuple(out.shape[1:]))))
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 299, 299))
-    for h in hooks:
-        h.remove()
+    stages = ("stem", "inception_a", "reduction_a", "inception_b", "reduction_b", "inception_c")
+    macs, grids, out = macs_and_grids(model, torch.randn(2, 3, 299, 299), stages, exclude=model.aux_head.modules())
     assert isinstance(out, InceptionOutputs)
     assert out.logits.shape == (2, 1000)
     assert isinstance(out.aux_logits, torch.Tensor) and out.aux_logits.shape == (2, 1000)

@@ -9,42 +9,12 @@ from torch import nn
 from inception_models import create_model, model_info
 from inception_models.inception_v4 import InceptionA, InceptionB, InceptionC, InceptionV4, ReductionA
 
+from helpers import calibrate_bn, conv_bn, copy_by_order, macs_and_grids, n_params
+
 timm = pytest.importorskip("timm")
 
 REFERENCE_PARAMS = 42_679_816  # timm 1.0.31 inception_v4, shared/REFERENCES.md
 REFERENCE_GMACS = 12.254
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def conv_bn(c_in: int, c_out: int, kh: int, kw: int) -> int:
-    """Parameters of one conv (no bias) + BN (gamma, beta)."""
-    return kh * kw * c_in * c_out + 2 * c_out
-
-
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """BN statistics of real activations and distinct affine parameters; returns the model in eval mode.
-
-    Default-initialised BN (mean 0, var 1) lets the signal vanish, so logits would not depend on the input,
-    and identical values would hide a mis-ordered copy. Only the BN layers run in train mode for the one
-    calibration pass, so auxiliary heads and dropout stay out of it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: one pass stores the batch statistics
-        m.train()
-    with torch.no_grad():
-        model(x)
-        for m in bns:
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.momentum = 0.1
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +23,7 @@ def pair() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     reference = timm.create_model("inception_v4")
     calibrate_bn(reference, torch.randn(4, 3, 128, 128))  # 16 samples at the last (2x2) grid
-    ours = create_model("inception_v4").eval()
-    ours.load_state_dict(dict(zip(ours.state_dict(), reference.state_dict().values())), strict=True)
+    ours = copy_by_order(create_model("inception_v4").eval(), reference)
     return ours, reference
 
 
@@ -88,25 +57,8 @@ def test_logits_equal_timm_after_copy_by_order(pair):
 def test_full_size_macs_and_grids():
     """The one 299x299 forward: MACs of conv + linear layers (batch 1) and the paper's grid per stage."""
     model = create_model("inception_v4").eval()
-    macs = 0
-    grids: dict[str, tuple[int, ...]] = {}
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output.numel() * module.in_channels // module.groups * kh * kw
-        else:
-            macs += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for stage in ("stem", "inception_a", "reduction_a", "inception_b", "reduction_b", "inception_c"):
-        hooks.append(getattr(model, stage).register_forward_hook(
-            lambda _m, _i, out, stage=stage: grids.__setitem__(stage, tuple(out.shape[1:]))))
-    with torch.no_grad():
-        logits = model(torch.randn(1, 3, 299, 299))
-    for h in hooks:
-        h.remove()
+    stages = ("stem", "inception_a", "reduction_a", "inception_b", "reduction_b", "inception_c")
+    macs, grids, logits = macs_and_grids(model, torch.randn(1, 3, 299, 299), stages)
     assert logits.shape == (1, 1000)
     assert round(macs / 1e9, 3) == REFERENCE_GMACS
     assert grids == {

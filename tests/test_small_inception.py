@@ -19,6 +19,8 @@ from inception_models.small_inception import (
     stage_grid_sizes,
 )
 
+from helpers import n_params
+
 PARAMS_BN = 1_651_114  # counted; = Zhang et al.'s 1,649,402 + 1,712 BN scales (their BN has no gamma)
 BN_CHANNELS = 1_712
 
@@ -30,10 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def closed_form_params(*, bn: bool = True, width_mult: float = 1.0, classes: int = 10,

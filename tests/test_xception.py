@@ -9,41 +9,12 @@ from torch import nn
 from inception_models import create_model, model_info
 from inception_models.xception import SeparableConv2d, Xception, XceptionBlock
 
+from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params
+
 timm = pytest.importorskip("timm")
 
 REFERENCE_PARAMS = 22_855_952  # timm 1.0.31 legacy_xception = the paper's Table 3 model, shared/REFERENCES.md
 REFERENCE_GMACS = 8.357
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def calibrate_bn(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """BN statistics of real activations and distinct affine parameters; returns the model in eval mode.
-
-    Default-initialised BN (mean 0, var 1) lets the signal vanish, so logits would not depend on the input,
-    and identical values would hide a mis-ordered copy. Only the BN layers run in train mode for the one
-    calibration pass, so auxiliary heads and dropout stay out of it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: one pass stores the batch statistics
-        m.train()
-    with torch.no_grad():
-        model(x)
-        for m in bns:
-            m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
-            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.momentum = 0.1
-    return model.eval()
-
-
-def copy_by_order(target: nn.Module, source: nn.Module) -> None:
-    target.load_state_dict(dict(zip(target.state_dict(), source.state_dict().values())), strict=True)
 
 
 @pytest.fixture(scope="module")
@@ -101,25 +72,8 @@ def test_mid_activation_adds_a_relu_and_no_parameters(pair):
 def test_full_size_macs_and_flows():
     """The one 299x299 forward: MACs of conv + linear layers (batch 1) and each flow's output grid."""
     model = create_model("xception").eval()
-    macs = 0
-    grids: dict[str, tuple[int, ...]] = {}
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output.numel() * module.in_channels // module.groups * kh * kw
-        else:
-            macs += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for flow in ("stem", "entry_flow", "middle_flow", "exit_flow"):
-        hooks.append(getattr(model, flow).register_forward_hook(
-            lambda _m, _i, out, flow=flow: grids.__setitem__(flow, tuple(out.shape[1:]))))
-    with torch.no_grad():
-        logits = model(torch.randn(1, 3, 299, 299))
-    for h in hooks:
-        h.remove()
+    flows = ("stem", "entry_flow", "middle_flow", "exit_flow")
+    macs, grids, logits = macs_and_grids(model, torch.randn(1, 3, 299, 299), flows)
     assert logits.shape == (1, 1000)
     assert round(macs / 1e9, 3) == REFERENCE_GMACS
     assert grids == {
