@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
-from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, scale_width
+from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, init_he_fan_out, scale_width
 from inception_models.registry import register_model
 
 __all__ = ["BNInceptionModule", "BNInceptionReduction", "BNInception", "bn_inception"]
@@ -181,20 +181,7 @@ class BNInception(InceptionNet):
             channels = block.out_channels
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+        init_he_fan_out(self, linear_std=0.01)
 
 
 @register_model(

@@ -135,6 +135,23 @@ def residual_scales(residual_scale: float | Sequence[float], stages: int) -> tup
     return scales
 
 
+def init_he_fan_out(model: nn.Module, *, linear_std: float | None = None) -> None:
+    """The reference ports' initialisation of BN-Inception and Xception: He normal (fan-out) weights and zero
+    biases for every convolution, batch norm at identity, and, with ``linear_std``, normal(0, ``linear_std``)
+    weights and zero biases for linear layers (otherwise they keep PyTorch's default)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, std=linear_std)
+            nn.init.zeros_(m.bias)
+
+
 def check_input(x: torch.Tensor, *, in_chans: int, min_size: int, model_name: str) -> None:
     """Raise a clear ``ValueError`` when ``x`` cannot go through the model (rank, channels, size)."""
     if x.dim() != 4:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
-from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, scale_width
+from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, init_he_fan_out, scale_width
 from inception_models.registry import register_model
 
 __all__ = ["SeparableConv2d", "SeparableConvNorm", "XceptionBlock", "Xception", "xception"]
@@ -209,16 +209,7 @@ class Xception(InceptionNet):
 
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # As the reference port: He initialisation (fan-out) for every convolution, BN at identity.
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_he_fan_out(self)  # as the reference port; the classifier keeps PyTorch's default
 
 
 @register_model(

@@ -19,13 +19,7 @@ from analysis.activations import (
 from inception_models import create_model
 from inception_models.layers import ConvNormAct
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is several times faster than contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 KILLED = {"block2": [1, 5], "block3": [0, 7, 11]}

@@ -20,7 +20,6 @@ from inception_models.convert import (
     convert_state_dict,
     detect_format,
     load_weights,
-    read_state_dict,
 )
 
 from helpers import calibrate_bn

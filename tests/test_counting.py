@@ -29,13 +29,7 @@ from inception_models import list_models, model_info
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Shapes are what counting needs; on a busy shared CPU one thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fvcore_macs(model: nn.Module, shape: tuple[int, ...], *, aux_mode: bool = False) -> int:

@@ -26,13 +26,7 @@ from analysis.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On the shared 2-core machine OpenMP threads wait on each other: one thread is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ synthetic shapes

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.experiments import _claims as claims
+from analysis.experiments import _shared as shared
 from analysis.experiments import aux_heads as ah
 from analysis.experiments import bn_speedup as bs
 from analysis.experiments import label_smoothing as ls
 from analysis.experiments import residual_speedup as rs
 from analysis.report import Section, _render_section
+from analysis.sweep import point_id
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {
@@ -31,12 +32,7 @@ TINY = {
 MODULES = {"label_smoothing": ls, "residual_speedup": rs, "bn_speedup": bs, "aux_heads": ah}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -51,53 +47,53 @@ def tiny_runs(tmp_path_factory):
 
 # ============================================================================================ shared helpers
 def test_compare_words_follow_effect_against_spread():
-    shows = claims.compare([0.50, 0.52], [0.40, 0.41])
-    assert shows.word == claims.SHOWS
+    shows = shared.compare([0.50, 0.52], [0.40, 0.41])
+    assert shows.word == shared.SHOWS
     assert shows.effect == pytest.approx(0.105) and shows.spread == pytest.approx(0.02) and shows.seeds == 2
-    assert claims.compare([0.40, 0.41], [0.50, 0.52]).word == claims.DOES_NOT_SHOW
-    assert claims.compare([0.45, 0.60], [0.40, 0.50]).word == claims.INCONCLUSIVE_SPREAD  # 0.075 < 0.15
-    assert claims.compare([0.5], [0.4]).word == claims.INCONCLUSIVE_ONE_SEED
-    assert claims.compare([200, 200], [200, 200], higher_is_better=False).word == claims.DOES_NOT_SHOW
+    assert shared.compare([0.40, 0.41], [0.50, 0.52]).word == shared.DOES_NOT_SHOW
+    assert shared.compare([0.45, 0.60], [0.40, 0.50]).word == shared.INCONCLUSIVE_SPREAD  # 0.075 < 0.15
+    assert shared.compare([0.5], [0.4]).word == shared.INCONCLUSIVE_ONE_SEED
+    assert shared.compare([200, 200], [200, 200], higher_is_better=False).word == shared.DOES_NOT_SHOW
     # Lower is better (steps): 100 vs 180 steps with a spread of 20 shows; a floor of 100 steps does not.
-    assert claims.compare([90, 110], [170, 190], higher_is_better=False).word == claims.SHOWS
-    assert claims.compare([90, 110], [170, 190], higher_is_better=False, min_effect=100).word == claims.DOES_NOT_SHOW
-    assert claims.compare([0.5, float("nan"), 0.52], [0.4, 0.41]).seeds == 2
+    assert shared.compare([90, 110], [170, 190], higher_is_better=False).word == shared.SHOWS
+    assert shared.compare([90, 110], [170, 190], higher_is_better=False, min_effect=100).word == shared.DOES_NOT_SHOW
+    assert shared.compare([0.5, float("nan"), 0.52], [0.4, 0.41]).seeds == 2
     with pytest.raises(ValueError, match="at least one value"):
-        claims.compare([], [0.1])
+        shared.compare([], [0.1])
 
 
 def test_steps_to_target_censoring_and_auto_target():
     curve = pd.DataFrame({"step": [30, 10, 20], "accuracy": [0.5, 0.1, 0.31]})
-    assert claims.steps_to_target(curve, 0.3) == 20.0
-    assert math.isnan(claims.steps_to_target(curve, 0.9))
-    assert claims.censored_steps(math.nan, 200) == 200.0 and claims.censored_steps(40.0, 200) == 40.0
-    assert claims.learned_threshold(900) == pytest.approx(0.13)  # 0.1 + 3 * sqrt(0.09 / 900)
-    assert claims.auto_target([0.5, 0.3], fraction=0.9, n_val=900) == pytest.approx(0.36)
-    assert claims.auto_target([0.1, 0.1], fraction=0.9, n_val=900) == pytest.approx(0.13)  # floored
+    assert shared.steps_to_target(curve, 0.3) == 20.0
+    assert math.isnan(shared.steps_to_target(curve, 0.9))
+    assert shared.censored_steps(math.nan, 200) == 200.0 and shared.censored_steps(40.0, 200) == 40.0
+    assert shared.learned_threshold(900) == pytest.approx(0.13)  # 0.1 + 3 * sqrt(0.09 / 900)
+    assert shared.auto_target([0.5, 0.3], fraction=0.9, n_val=900) == pytest.approx(0.36)
+    assert shared.auto_target([0.1, 0.1], fraction=0.9, n_val=900) == pytest.approx(0.13)  # floored
     evals = pd.DataFrame({"step": [1, 2], "loss": [float("nan"), 2.0], "accuracy": [0.9, 0.1]})
-    assert claims.finite_evals(evals)["step"].tolist() == [2]
+    assert shared.finite_evals(evals)["step"].tolist() == [2]
 
 
 def test_ece_and_reliability_bins_on_hand_made_probabilities():
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.45, 0.55]])
     labels = torch.tensor([0, 1, 0, 0])
-    bins = claims.reliability_bins(probs, labels, bins=5)
+    bins = shared.reliability_bins(probs, labels, bins=5)
     assert bins["count"].tolist() == [0, 0, 2, 0, 2]
     assert bins.loc[2, "confidence"] == pytest.approx(0.55) and bins.loc[2, "accuracy"] == pytest.approx(0.5)
     assert bins.loc[4, "confidence"] == pytest.approx(0.9) and bins.loc[4, "accuracy"] == pytest.approx(0.5)
     # (2/4) * |0.5 - 0.55| + (2/4) * |0.5 - 0.9|
-    assert claims.expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
+    assert shared.expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
     with pytest.raises(ValueError, match="labels"):
-        claims.reliability_bins(probs, labels[:2])
+        shared.reliability_bins(probs, labels[:2])
 
 
 def test_logit_gaps():
-    gaps = claims.logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
+    gaps = shared.logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
     assert gaps["gap_to_mean"] == pytest.approx((2.5 + 1.0) / 2)
     assert gaps["gap_to_second"] == pytest.approx((2.0 + 0.0) / 2)
     assert 1 / 3 < gaps["max_prob"] < 1
     with pytest.raises(ValueError, match="logits"):
-        claims.logit_gaps(torch.zeros(4))
+        shared.logit_gaps(torch.zeros(4))
 
 
 # ================================================================================================= configs
@@ -115,7 +111,7 @@ def test_quick_and_full_configs_make_the_intended_points():
     for module in MODULES.values():
         assert {"quick", "full"} <= set(module.CONFIGS)
         points = module.make_points(module.CONFIGS["full"])
-        assert len({claims.point_id(p) for p in points}) == len(points)
+        assert len({point_id(p) for p in points}) == len(points)
 
 
 @pytest.mark.parametrize("module, change, message", [

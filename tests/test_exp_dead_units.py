@@ -7,10 +7,10 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from analysis.experiments import dead_units as du
 from analysis.report import Section, _render_section
+from analysis.sweep import point_id
 
 # Two points' worth of a model that still has the wide 1x1 last stage: one A/B/C block each, 1/16 width.
 TINY = {
@@ -25,15 +25,11 @@ TINY = {
     "n_train": 16,
     "n_val": 8,
     "monitor_every": 2,
+    "workers": 1,
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -44,7 +40,7 @@ def test_quick_points_cover_widths_scales_control_and_seeds():
     assert len(control) == 4 and all(p["scale"] is None for p in control)
     assert {p["width"] for p in points} == {256, 1536}
     assert {p["model"] for p in points} == {"inception_resnet_v2_paper"}
-    assert len({du.point_id(p) for p in points}) == len(points)
+    assert len({point_id(p) for p in points}) == len(points)
 
 
 def test_full_config_covers_the_issue_grid():

@@ -10,9 +10,11 @@ import math
 import pandas as pd
 import pytest
 
+from analysis.experiments import _shared as shared
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
 from analysis.report import Section
+from analysis.sweep import point_id
 
 TINY = {**fg.CONFIGS["quick"], "width_mult": 0.125, "stages": (None, 1), "seeds": 2, "n_train": 32, "n_val": 20,
         "steps": 2, "batch_size": 16, "log_every": 1, "warmup_steps": 0, "workers": 1}
@@ -41,7 +43,7 @@ def test_points_one_per_stage_and_seed():
     assert [p["factorize_stage"] for p in points[::3]] == [None, 0, 1, 2]
     assert [p["seed"] for p in points[:3]] == [5, 6, 7]
     assert {p["data_seed"] for p in points} == {5}
-    assert len({fg.point_id(p) for p in points}) == 12
+    assert len({point_id(p) for p in points}) == 12
 
 
 @pytest.mark.parametrize("change, message", [({"stages": (3,)}, "stages"), ({"seeds": 0}, "seeds")])
@@ -104,7 +106,7 @@ def _frames(accuracies: dict[str, list[float]]) -> tuple[pd.DataFrame, pd.DataFr
     rows = [{"point_id": f"{v}{i}", "variant": v, "grid": grids[v], "seed": i, "params": PARAMS[v], "split": "val",
              "step": 10, "loss": 1.0, "accuracy": a} for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return fg.summarise(results), fg.final_accuracy(results)
+    return fg.summarise(results), shared.final_evals(results)
 
 
 @pytest.mark.parametrize("accuracies, start", [
@@ -127,13 +129,6 @@ def test_verdict_on_hand_made_frames(accuracies, start):
 def test_verdict_needs_the_paper_grids():
     summary, final = _frames({"none": [0.6, 0.6], "8x8": [0.5, 0.5]})
     assert fg.verdict(summary, final, n_val=1000).startswith("inconclusive: the variants do not include")
-
-
-def test_compare_and_threshold():
-    assert fg.compare([0.5, 0.7], [0.4, 0.45]) == pytest.approx((0.175, 0.2))
-    assert fg.learned_threshold(1000) == pytest.approx(0.1 + 3 * math.sqrt(0.09 / 1000))
-    with pytest.raises(ValueError, match="at least one value"):
-        fg.compare([], [0.1])
 
 
 def test_section_renders(tiny_run, monkeypatch, tmp_path):

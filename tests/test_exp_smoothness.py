@@ -13,6 +13,7 @@ from torch import nn
 
 from analysis.experiments import smoothness as sm
 from analysis.report import Section, _render_section
+from analysis.sweep import point_id
 from inception_models import create_model
 
 # Two variants, one lr, a 1/16-width net: 4 sweep steps and 6 probed steps of batch 8.
@@ -33,15 +34,11 @@ TINY = {
     "eigen_every": 3,
     "eigen_iters": 2,
     "eval_every": None,
+    "workers": 1,
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -58,7 +55,7 @@ def test_points_cover_variants_lrs_and_seeds():
     assert [(p["variant"], p["seed"]) for p in probed] == [("bn", 0), ("none", 0), ("bn", 1), ("none", 1)]
     assert {p["init"] for p in probed if p["variant"] == "none"} == {"data"}
     assert {p["init"] for p in probed if p["variant"] == "bn"} == {"default"}
-    ids = {sm.point_id(p) for p in sweep + probed}
+    ids = {point_id(p) for p in sweep + probed}
     assert len(ids) == len(sweep) + len(probed)
 
 

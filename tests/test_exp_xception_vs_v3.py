@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import load_experiment, resolve_config
+from analysis.experiments import _shared as shared
 from analysis.experiments import xception_vs_v3 as xv
 from analysis.report import Section
 
@@ -70,7 +71,9 @@ def test_result_schema_and_rows(tiny_run):
     # 3 variants x 2 seeds, each: 2 logged train steps + validation after steps 1 and 2.
     assert len(table) == 24
     assert table.groupby("point_id", sort=False).size().tolist() == [4] * 6
-    assert table["split"].tolist()[:4] == ["train", "train", "val", "val"]
+    # In the trainer's log order: each step's training row, then its evaluation.
+    assert table["split"].tolist()[:4] == ["train", "val", "train", "val"]
+    assert table["step"].tolist()[:4] == [1, 1, 2, 2]
     assert dict(table.groupby("variant")["params"].first()) == PARAMS
     assert table.loc[table["variant"] == xv.MID_RELU, "mid_activation"].all()
     assert not table.loc[table["variant"] == xv.XCEPTION, "mid_activation"].any()
@@ -104,7 +107,7 @@ def _frames(accuracies: dict[str, list[float]], params: dict[str, int] | None = 
              "seed": i, "params": params[v], "split": "val", "step": 10, "loss": 1.0, "accuracy": a}
             for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return xv.summarise(results), xv.final_accuracy(results)
+    return xv.summarise(results), shared.final_evals(results)
 
 
 @pytest.mark.parametrize("accuracies, params, first, second", [

@@ -25,13 +25,7 @@ PARAMS_BN = 1_651_114  # counted; = Zhang et al.'s 1,649,402 + 1,712 BN scales (
 BN_CHANNELS = 1_712
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On the shared 2-core machine OpenMP threads wait on each other: one thread is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def closed_form_params(*, bn: bool = True, width_mult: float = 1.0, classes: int = 10,

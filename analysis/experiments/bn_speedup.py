@@ -22,7 +22,6 @@ one row per point; :func:`summarise` one row per (norm, multiplier); :func:`verd
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.experiments import _claims as claims
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
 
@@ -73,10 +72,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         eval_every=25,
         target=None,
         target_fraction=0.9,
-        device="cpu",
-        threads=1,
-        workers=2,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: BN-Inception itself with and without BN (the BN paper's pair: its "Inception" baseline is this
     # network without BN) at half width and 96 px, 3 seeds, 4,000 steps. Not run in this session (no GPU); the
@@ -103,10 +99,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         eval_every=200,
         target=None,
         target_fraction=0.9,
-        device="auto",
-        threads=0,
-        workers=1,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -124,9 +117,7 @@ _POINT_KEYS = ("model", "width_mult", "image_size", "none_init", "n_train", "n_v
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"bn_speedup config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     norms = list(config["norms"])
     if sorted(norms) != sorted(NORMS):
         raise ValueError(f"norms must be both of {list(NORMS)} (the claim compares them), got {norms}")
@@ -167,34 +158,22 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (norm, multiplier, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
     from inception_models import create_model
 
-    with claims.threads(int(point["threads"])):
+    with shared.threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], norm=point["norm"])
         if point["norm"] == "none" and point["none_init"] == "he":
             _he_init(model)
-        outcome = claims.train_point(point, model)
-    history = outcome.history
-    frame = history[history["split"].isin(["train", "val"])].reindex(
-        columns=["split", "step", "loss", "accuracy", "time", "cpu_s"]).reset_index(drop=True)
-    if frame.empty:  # diverged at the first step: one row so the point is still in the table
-        frame = pd.DataFrame([{"split": "train", "step": 0}])
-    for key in ("norm", "multiplier", "lr", "seed"):
-        frame[key] = point[key]
-    frame["diverged"], frame["diverged_step"] = outcome.diverged, outcome.diverged_step
+        outcome = shared.train_point(point, model)
+    frame = outcome.curve(**{key: point[key] for key in ("norm", "multiplier", "lr", "seed")})
     return frame.reindex(columns=RESULT_COLUMNS)
 
 
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (norm, multiplier, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id``
     + :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
-    points = make_points(config)
-    table = claims.run_points(points, run_point, results_dir, workers=int(config["workers"]),
-                              isolate=bool(config["isolate"]), progress=progress, desc=NAME)
-    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
-    for col in _NUMERIC:  # the JSON-lines table stores NaN as null
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table["diverged"] = table["diverged"].astype(bool)
-    return table
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
@@ -202,10 +181,10 @@ def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     accuracy of the network without BN at the base rate, at least chance + 3 standard errors."""
     if config["target"] is not None:
         return float(config["target"])
-    base = claims.finite_evals(
+    base = shared.finite_evals(
         results[(results["norm"] == "none") & (results["multiplier"] == 1.0) & (results["split"] == "val")])
     best = base.groupby("seed")["accuracy"].max().tolist() if len(base) else []
-    return claims.auto_target(best, fraction=float(config["target_fraction"]), n_val=int(config["n_val"]))
+    return shared.auto_target(best, fraction=float(config["target_fraction"]), n_val=int(config["n_val"]))
 
 
 def per_seed(results: pd.DataFrame, target: float, budget: int) -> pd.DataFrame:
@@ -213,15 +192,9 @@ def per_seed(results: pd.DataFrame, target: float, budget: int) -> pd.DataFrame:
     if never, or if the run diverged first), final and best validation accuracy, last training loss, divergence."""
     rows = []
     for (norm, mult, seed), grp in results.groupby(["norm", "multiplier", "seed"], sort=False):
-        val = claims.finite_evals(grp[grp["split"] == "val"]).sort_values("step")
-        train = grp[grp["split"] == "train"].sort_values("step")
-        steps = claims.steps_to_target(val, target)
         rows.append({
             "norm": norm, "multiplier": float(mult), "lr": float(grp["lr"].iloc[0]), "seed": int(seed),
-            "target": target, "budget": int(budget), "steps_to_target": steps, "reached": not math.isnan(steps),
-            "final_val_accuracy": float(val["accuracy"].iloc[-1]) if len(val) else math.nan,
-            "best_val_accuracy": float(val["accuracy"].max()) if len(val) else math.nan,
-            "final_train_loss": float(train["loss"].dropna().iloc[-1]) if train["loss"].notna().any() else math.nan,
+            "target": target, "budget": int(budget), **shared.run_outcome(grp, target),
             "diverged": bool(grp["diverged"].iloc[0]), "diverged_step": grp["diverged_step"].iloc[0],
         })
     return pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
@@ -247,7 +220,7 @@ def summarise(seeds: pd.DataFrame) -> pd.DataFrame:
 
 def _steps(frame: pd.DataFrame, budget: int) -> list[float]:
     # A diverged run never reached the target after its divergence: it counts as the budget, as a slow one.
-    return [claims.censored_steps(s, budget) for s in frame["steps_to_target"]]
+    return [shared.censored_steps(s, budget) for s in frame["steps_to_target"]]
 
 
 def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
@@ -263,7 +236,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
     """
     if seeds.empty:
         raise ValueError("verdict needs at least one per-seed row")
-    threshold = claims.learned_threshold(n_val)
+    threshold = shared.learned_threshold(n_val)
     target = float(seeds["target"].iloc[0])
     bn, none = seeds[seeds["norm"] == "bn"], seeds[seeds["norm"] == "none"]
     bn1, none1 = bn[bn["multiplier"] == 1.0], none[none["multiplier"] == 1.0]
@@ -280,7 +253,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
                 f"{len(frame)}, best accuracy {frame['best_val_accuracy'].mean():.3f}")
 
     words, parts = [], []
-    first = claims.compare(_steps(bn1, budget), _steps(none1, budget), higher_is_better=False)
+    first = shared.compare(_steps(bn1, budget), _steps(none1, budget), higher_is_better=False)
     words.append(first.word)
     parts.append(f"fewer steps at 1x: {first.word}: " + first.describe("steps to target BN vs no BN", fmt=".0f")
                  + f" (BN {arm_text(bn1)}; no BN {arm_text(none1)})")
@@ -288,16 +261,16 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
         b, n = bn[bn["multiplier"] == mult], none[none["multiplier"] == mult]
         if b.empty or n.empty:
             continue
-        cmp = claims.compare(_steps(b, budget), _steps(n, budget), higher_is_better=False)
+        cmp = shared.compare(_steps(b, budget), _steps(n, budget), higher_is_better=False)
         words.append(cmp.word)
-        vs_base = claims.compare(_steps(b, budget), _steps(bn1, budget), higher_is_better=False)
+        vs_base = shared.compare(_steps(b, budget), _steps(bn1, budget), higher_is_better=False)
         parts.append(f"{mult:g}x usable: {cmp.word}: " + cmp.describe("steps BN vs no BN", fmt=".0f")
                      + f" (BN {arm_text(b)}; no BN {arm_text(n)}); BN {mult:g}x faster than BN 1x: {vs_base.word} "
                      f"({vs_base.mean_a:.0f} vs {vs_base.mean_b:.0f} steps)")
-    if all(w == claims.SHOWS for w in words):
-        head = claims.SHOWS
-    elif claims.DOES_NOT_SHOW in words:
-        head = claims.DOES_NOT_SHOW
+    if all(w == shared.SHOWS for w in words):
+        head = shared.SHOWS
+    elif shared.DOES_NOT_SHOW in words:
+        head = shared.DOES_NOT_SHOW
     else:
         head = next(w for w in words if w.startswith("inconclusive"))
     note = ""
@@ -315,14 +288,14 @@ def _labelled(results: pd.DataFrame) -> pd.DataFrame:
 
 def _accuracy_figure(results: pd.DataFrame, target: float) -> Any:
     val = _labelled(results[results["split"] == "val"])
-    return claims.band_lines(val, x="step", y="accuracy", hue="norm", col="rate", hlines={"target": target},
+    return shared.band_lines(val, x="step", y="accuracy", hue="norm", col="rate", hlines={"target": target},
                              sharey=True, title="Validation accuracy",
                              ylabel="validation accuracy (mean, min-max over seeds)")
 
 
 def _loss_figure(results: pd.DataFrame) -> Any:
     train = _labelled(results[results["split"] == "train"])
-    return claims.band_lines(train, x="step", y="loss", hue="norm", col="rate",
+    return shared.band_lines(train, x="step", y="loss", hue="norm", col="rate",
                              title="Training loss", sharey=True,
                              ylabel="training loss (mean, min-max over seeds)", logy=True)
 

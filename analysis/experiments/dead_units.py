@@ -22,20 +22,17 @@ kept.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import torch
 
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
-from analysis.sweep import point_id, read_results, run_sweep
 
 __all__ = [
     "CONFIGS",
@@ -87,9 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=5,
         dormant_threshold=0.1,
         dead_level=0.5,
-        device="cpu",
-        threads=1,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: the issue's whole grid at the paper's depth (5/10/5 blocks), half width, 139 px (3x3 last grid),
     # 10k steps of the paper's RMSProp at its lr 0.045 and above. 2 x 3 x 5 x (4 + 1) = 150 runs, each in its own
@@ -116,9 +111,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=100,
         dormant_threshold=0.1,
         dead_level=0.5,
-        device="auto",
-        threads=0,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -141,9 +134,7 @@ _POINT_KEYS = ("model", "variant", "width", "residual", "scale", "lr", "seed", "
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"dead_units config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in MODELS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; use {sorted(MODELS)}")
@@ -178,25 +169,6 @@ def _scale_label(residual: bool, scale: float | None) -> str:
     return f"{scale:g}" if residual else NO_RESIDUAL
 
 
-@lru_cache(maxsize=4)
-def _tensors(split: str, n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The synthetic shapes split as tensors, rendered once per process (points run in-process share it)."""
-    from analysis.data import make_synthetic
-
-    return make_synthetic(split, n, image_size, seed).tensors()
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one point and return its curve (one row per monitored step, :data:`CURVE_COLUMNS` +
     :data:`POINT_COLUMNS`). A diverged run keeps its curve up to the last report and sets ``diverged``."""
@@ -204,9 +176,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     from analysis.training import TrainConfig, Trainer, TrainingDiverged
     from inception_models import create_model
 
-    with _threads(int(point["threads"])):
-        train = _tensors("train", point["n_train"], point["image_size"], 0)
-        val = _tensors("val", point["n_val"], point["image_size"], 0)
+    with shared.threads(int(point["threads"])):
+        train = shared.tensors("train", point["n_train"], point["image_size"])
+        val = shared.tensors("val", point["n_val"], point["image_size"])
         torch.manual_seed(point["seed"])  # the trainer reseeds too; this makes the model's init depend on it
         model = create_model(
             point["model"], num_classes=10, block_counts=tuple(point["block_counts"]),
@@ -257,26 +229,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every point of ``config`` (resumable in ``results_dir``) and return the curves: one row per point and
     monitored step, columns ``point_id`` + :data:`CURVE_COLUMNS` + :data:`POINT_COLUMNS`."""
-    from tqdm.auto import tqdm
-
-    points = make_points(config)
-    with contextlib.ExitStack() as stack:
-        if results_dir is None:
-            results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dead-units-"))
-        path = Path(results_dir) / "results.jsonl"
-        for point in tqdm(points, desc=NAME, disable=not progress, unit="point"):
-            run_sweep([point], run_point, path, isolate=bool(config["isolate"]))
-        table = read_results(path)
-    wanted = {point_id(p) for p in points}
-    table = table[table["point_id"].isin(wanted)] if "point_id" in table else table
-    order = {point_id(p): i for i, p in enumerate(points)}
-    table = table.assign(_order=table["point_id"].map(order)).sort_values(["_order", "step"], kind="stable")
-    table = table.drop(columns="_order").reset_index(drop=True)
-    table = table.reindex(columns=["point_id"] + CURVE_COLUMNS + POINT_COLUMNS)
-    for col in _NUMERIC_COLUMNS:  # the JSON-lines table stores NaN as null
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table["diverged"] = table["diverged"].astype(bool)
-    return table
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
 
 
 def summarise(curves: pd.DataFrame, dead_level: float = 0.5) -> pd.DataFrame:

@@ -14,30 +14,19 @@ at the end is compared over seeds.
 :func:`verdict` reads the claim as: factorizing at the medium grid gives a higher accuracy than factorizing at
 the early grid, and no lower than the unfactorized network; a difference counts only when it is larger than
 the seed spread (max - min over seeds) of both groups compared.
-
-The module also holds the small pieces the trained experiments share (:func:`train_point`, :func:`run_points`,
-:func:`seed_summary`, :func:`compare`, :func:`learned_threshold`); ``xception_vs_v3`` uses them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing as mp
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import pandas as pd
-import torch
 
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
-from analysis.sweep import pending_points, point_id, read_results, run_sweep
 
 __all__ = [
     "CONFIGS",
@@ -49,21 +38,12 @@ __all__ = [
     "summarise",
     "verdict",
     "section",
-    "train_point",
-    "run_points",
-    "seed_summary",
-    "compare",
-    "learned_threshold",
 ]
 
 NAME = "factorization_grid"
-CHANCE = 0.1  # ten synthetic classes
 PAPER_GRID_RANGE = (12, 20)  # Inception-v3 paper, sec. 3.2: "m ranges between 12 and 20"
 BASELINE = "none"
 
-# The training recipe keys a point carries (all passed to analysis.training.TrainConfig).
-TRAIN_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps",
-              "log_every", "eval_every", "device")
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: small_inception at a quarter width (105k parameters), 32 px, 4 variants x 3 seeds = 12 runs
@@ -90,10 +70,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=10,
         log_every=20,
         eval_every=None,
-        device="cpu",
-        threads=1,
-        workers=2,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: the full-width network (1.65M parameters) on the default 10,000 training images, 5 seeds, 20 epochs.
     # Not run in this session (no GPU); the learning rate is untested at this width.
@@ -116,10 +93,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=50,
         log_every=20,
         eval_every=156,
-        device="auto",
-        threads=0,
-        workers=1,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -129,124 +103,6 @@ RESULT_COLUMNS = ["variant", "factorize_stage", "grid", "seed", "params", "split
 SUMMARY_COLUMNS = ["factorized_at", "grid", "params", "seeds", "acc_mean", "acc_std", "acc_min", "acc_max",
                    "val_loss_mean", "acc_vs_unfactorized"]
 _NUMERIC = ["factorize_stage", "grid", "seed", "params", "step", "loss", "accuracy", "n_val", "cpu_s", "wall_s"]
-
-
-# ============================================================================ shared by the trained experiments
-@lru_cache(maxsize=4)
-def _tensors(split: str, n: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic shapes split as tensors, rendered once per process (in-process points share it)."""
-    from analysis.data import make_synthetic
-
-    return make_synthetic(split, n, image_size, seed).tensors()
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_point(point: Mapping[str, Any], model: str, model_kwargs: Mapping[str, Any]) -> pd.DataFrame:
-    """Train ``create_model(model, num_classes=10, **model_kwargs)`` on the synthetic shapes with the recipe in
-    ``point`` (:data:`TRAIN_KEYS`, ``seed``, ``data_seed``, ``image_size``, ``n_train``, ``n_val``, ``threads``).
-
-    Returns the trainer's log (``split`` "train" rows every ``log_every`` steps: loss and accuracy of that
-    batch; "val" rows: plain cross-entropy and top-1 on the validation split, in eval mode) with ``params``,
-    ``n_val``, ``cpu_s`` (process CPU seconds: close to the wall time of one idle core at one thread) and
-    ``wall_s`` on every row.
-    """
-    from analysis.training import TrainConfig, Trainer
-
-    with _threads(int(point["threads"])):
-        train = _tensors("train", int(point["n_train"]), int(point["image_size"]), int(point["data_seed"]))
-        val = _tensors("val", int(point["n_val"]), int(point["image_size"]), int(point["data_seed"]))
-        config = TrainConfig(model=model, model_kwargs={"num_classes": 10, **model_kwargs}, seed=int(point["seed"]),
-                             progress=False, **{k: point[k] for k in TRAIN_KEYS})
-        cpu, wall = time.process_time(), time.perf_counter()
-        trainer = Trainer(None, config, train, val)
-        history = trainer.fit()
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    history = history[history["split"].isin(["train", "val"])].reindex(columns=["split", "step", "loss", "accuracy"])
-    return history.assign(params=sum(p.numel() for p in trainer.model.parameters()), n_val=int(point["n_val"]),
-                          cpu_s=cpu, wall_s=wall).reset_index(drop=True)
-
-
-def _sweep_one(point: dict[str, Any], run_point: Callable[[dict], pd.DataFrame], path: str) -> None:
-    run_sweep([point], run_point, path, isolate=False)
-
-
-def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
-               results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
-               desc: str = "points") -> pd.DataFrame:
-    """Run the unfinished ``points`` through :func:`analysis.sweep.run_sweep` into ``results_dir/results.jsonl``
-    (a temporary folder when None) and return the rows of ``points`` in their order (then by ``split``/``step``).
-
-    ``workers`` > 1 runs that many points at once, each worker a spawned process calling ``run_sweep`` on one
-    point at a time (appends are serialised by the sweep's file lock), so a killed run resumes either way.
-    """
-    from tqdm.auto import tqdm
-
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    with contextlib.ExitStack() as stack:
-        if results_dir is None:
-            results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
-        path = Path(results_dir) / "results.jsonl"
-        pending = pending_points(points, path)
-        bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
-        if workers == 1 or len(pending) <= 1:
-            for point in pending:
-                run_sweep([point], run_point, path, isolate=isolate)
-                bar.update(1)
-        else:
-            job = partial(_sweep_one, run_point=run_point, path=str(path))
-            try:
-                with ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
-                    for future in as_completed([pool.submit(job, point) for point in pending]):
-                        future.result()
-                        bar.update(1)
-            except BrokenProcessPool as err:
-                raise RuntimeError(
-                    f"a worker process of {desc} died ({err}); a script that runs experiments with workers > 1 must "
-                    "guard its entry with `if __name__ == \"__main__\":` (spawned workers import it), or set "
-                    "workers=1. Finished points are kept; run again to resume") from err
-        table = read_results(path)
-    if table.empty:
-        return table
-    order = {point_id(p): i for i, p in enumerate(points)}
-    table = table[table["point_id"].isin(order)]
-    table = table.assign(_order=table["point_id"].map(order), _val=table["split"].eq("val"))
-    table = table.sort_values(["_order", "_val", "step"], kind="stable").drop(columns=["_order", "_val"])
-    return table.reset_index(drop=True)
-
-
-def learned_threshold(n_val: int, chance: float = CHANCE) -> float:
-    """The accuracy a run must exceed to count as learned: chance plus three binomial standard errors on
-    ``n_val`` validation images (0.128 for 1,000 images at chance 0.1)."""
-    return chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(int(n_val), 1))
-
-
-def seed_summary(final: pd.DataFrame, by: Sequence[str], value: str = "accuracy") -> pd.DataFrame:
-    """Mean, sample std, min and max of ``value`` over seeds per group ``by`` (groups in order of appearance)."""
-    grouped = final.groupby(list(by), sort=False, dropna=False)[value]
-    out = grouped.agg(seeds="count", mean="mean", std="std", min="min", max="max").reset_index()
-    out["std"] = out["std"].fillna(0.0)
-    return out
-
-
-def compare(a: Iterable[float], b: Iterable[float]) -> tuple[float, float]:
-    """``(effect, spread)``: the difference of the seed means, mean(a) - mean(b), and the larger of the two
-    groups' seed ranges (max - min). An effect counts only when ``abs(effect) > spread``."""
-    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
-    if a.empty or b.empty:
-        raise ValueError("compare() needs at least one value in each group")
-    spread = max(float(a.max() - a.min()), float(b.max() - b.min()))
-    return float(a.mean() - b.mean()), spread
 
 
 # ======================================================================================= this experiment
@@ -262,11 +118,7 @@ def _variant(stage: int | None, image_size: int) -> str:
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"{NAME} config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
-    if int(config["seeds"]) < 1:
-        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     stages = list(config["stages"])
     bad = [s for s in stages if s is not None and s not in (0, 1, 2)]
     if bad or not stages:
@@ -283,7 +135,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "experiment": NAME, "model": config["model"], "width_mult": config["width_mult"],
                 "factorize_stage": stage, "image_size": config["image_size"], "seed": int(config["seed"]) + i,
                 "data_seed": int(config["seed"]), "n_train": config["n_train"], "n_val": config["n_val"],
-                "threads": config["threads"], **{k: config[k] for k in TRAIN_KEYS},
+                "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
             })
     return points
 
@@ -291,37 +143,29 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one variant with one seed: :data:`RESULT_COLUMNS` rows (train log, then the final validation)."""
     stage = point["factorize_stage"]
-    frame = train_point(point, point["model"], {"width_mult": point["width_mult"],
-                                                "factorize_stages": () if stage is None else (int(stage),)})
+    with shared.threads(int(point["threads"])):
+        outcome = shared.train_point(point, point["model"], model_kwargs={
+            "width_mult": point["width_mult"], "factorize_stages": () if stage is None else (int(stage),)})
     grid = _grid_of(stage, int(point["image_size"]))
-    frame = frame.assign(variant=_variant(stage, int(point["image_size"])), factorize_stage=stage,
-                         grid=math.nan if grid is None else grid, seed=int(point["seed"]))
+    frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
+                          cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, variant=_variant(stage, int(point["image_size"])),
+                          factorize_stage=stage, grid=math.nan if grid is None else grid, seed=int(point["seed"]))
     return frame.reindex(columns=RESULT_COLUMNS)
 
 
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`, one row per point and logged step plus its final validation row."""
-    points = make_points(config)
-    table = run_points(points, run_point, results_dir, workers=int(config["workers"]),
-                       isolate=bool(config["isolate"]), progress=progress, desc=NAME)
-    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
-    for col in _NUMERIC:  # the JSON-lines table stores NaN as null
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    return table
-
-
-def final_accuracy(results: pd.DataFrame) -> pd.DataFrame:
-    """The last validation row of every point."""
-    val = results[results["split"] == "val"]
-    return val.sort_values("step", kind="stable").groupby("point_id", sort=False).tail(1)
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=RESULT_COLUMNS, numeric=_NUMERIC)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): final validation accuracy over seeds (mean, std, min,
     max), mean validation loss and the mean accuracy minus the unfactorized network's."""
-    final = final_accuracy(results)
-    stats = seed_summary(final, ["variant"])
+    final = shared.final_evals(results)
+    stats = shared.seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(grid=("grid", "first"), params=("params", "first"),
                                                     val_loss_mean=("loss", "mean")).reset_index()
     table = stats.merge(extra, on="variant")
@@ -336,14 +180,14 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE) -> str:
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE) -> str:
     """The claim at this scale, from the numbers: "shows: ...", "does not show: ..." or "inconclusive: ...".
 
     ``summary`` is :func:`summarise`'s table, ``final`` the final validation rows (``variant``, ``grid``,
     ``accuracy``; one per seed). Medium grid: the factorized grid in 12-20 nearest 16; early: the largest
-    factorized grid above 20. Every difference is judged against the seed spread (:func:`compare`).
+    factorized grid above 20. Every difference is judged against the seed spread.
     """
-    threshold = learned_threshold(n_val, chance)
+    threshold = shared.learned_threshold(n_val, chance)
     weak = summary.loc[summary["acc_mean"] <= threshold, "factorized_at"].tolist()
     if weak:
         return (f"inconclusive: {', '.join(map(str, weak))} did not learn beyond chance (mean accuracy <= "
@@ -357,8 +201,10 @@ def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: f
     mid_name = mid.loc[(mid["grid"] - 16).abs().idxmin(), "factorized_at"]
     early_name = early.loc[early["grid"].idxmax(), "factorized_at"]
     acc = {name: final.loc[final["variant"] == name, "accuracy"] for name in (BASELINE, mid_name, early_name)}
-    gain, spread = compare(acc[mid_name], acc[early_name])
-    cost, spread_base = compare(acc[BASELINE], acc[mid_name])
+    medium_vs_early = shared.compare(acc[mid_name], acc[early_name])
+    gain, spread = medium_vs_early.effect, medium_vs_early.spread
+    unfactorized_vs_medium = shared.compare(acc[BASELINE], acc[mid_name])
+    cost, spread_base = unfactorized_vs_medium.effect, unfactorized_vs_medium.spread
     numbers = (f"accuracy factorized at {mid_name} {acc[mid_name].mean():.3f}, at {early_name} "
                f"{acc[early_name].mean():.3f}, unfactorized {acc[BASELINE].mean():.3f}; {mid_name} minus "
                f"{early_name} = {gain:+.3f} against a seed spread of {spread:.3f}")
@@ -423,7 +269,7 @@ def section(mode: str, seed: int) -> Section:
     config = {**CONFIGS[mode], "seed": seed}
     results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
     summary = summarise(results)
-    final = final_accuracy(results)
+    final = shared.final_evals(results)
     answer = verdict(summary, final, n_val=int(config["n_val"]))
     from inception_models.small_inception import stage_grid_sizes
 

@@ -10,7 +10,7 @@ reliability diagram, because the logit-gap argument predicts it.
 
 The experiment trains the same network with and without smoothing (the trainer's ``label_smoothing``), every
 other setting identical, over several seeds, then measures on the validation set (eval mode): top-1 accuracy,
-plain cross-entropy, ECE, the reliability bins, and the logit gaps (:func:`analysis.experiments._claims.logit_gaps`:
+plain cross-entropy, ECE, the reliability bins, and the logit gaps (:func:`analysis.experiments._shared.logit_gaps`:
 largest logit minus the mean of the others, and minus the second largest; mean top softmax probability).
 
 ``run(config) -> DataFrame`` gives one row per point and logged step (``split`` "train"/"val"), one ``"final"``
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from analysis.experiments import default_results_dir
-from analysis.experiments import _claims as claims
+from analysis.experiments import _shared as shared
 from analysis.report import Figure, Section, Table
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run", "summarise",
@@ -62,10 +62,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=100,
         bins=15,
-        device="cpu",
-        threads=1,
-        workers=2,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: the full-width network (1.65M parameters), 10,000 training images, 20 epochs at batch 128, 5 seeds.
     # Not run in this session (no GPU); the learning rate is untested at this width.
@@ -89,10 +86,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=156,
         bins=15,
-        device="auto",
-        threads=0,
-        workers=1,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -111,16 +105,12 @@ _POINT_KEYS = ("model", "width_mult", "image_size", "n_train", "n_val", "steps",
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"label_smoothing config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     eps = [float(e) for e in config["epsilons"]]
     if 0.0 not in eps or len(eps) < 2:
         raise ValueError(f"epsilons must hold 0.0 (the baseline) and at least one smoothing value, got {eps}")
     if any(not 0.0 <= e < 1.0 for e in eps):
         raise ValueError(f"every epsilon must be in [0, 1), got {eps}")
-    if int(config["seeds"]) < 1:
-        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
 
 
 def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -133,7 +123,7 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def _val_logits(trainer: Any, point: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = claims.tensors("val", int(point["n_val"]), int(point["image_size"]))
+    images, labels = shared.tensors("val", int(point["n_val"]), int(point["image_size"]))
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -149,13 +139,11 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (epsilon, seed) and return its curve rows, its ``final`` row and its ``reliability`` rows."""
     from inception_models import create_model
 
-    with claims.threads(int(point["threads"])):
+    with shared.threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"])
-        outcome = claims.train_point(point, model)
-        history = outcome.history
-        rows = history[history["split"].isin(["train", "val"])].reindex(
-            columns=["split", "step", "loss", "accuracy", "cpu_s", "time"])
+        outcome = shared.train_point(point, model)
+        rows = outcome.curve()
         final: dict[str, Any] = {"split": "final", "step": outcome.trainer.step, "diverged": outcome.diverged}
         bins = pd.DataFrame()
         if not outcome.diverged:
@@ -163,13 +151,11 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
             probs = logits.softmax(1)
             final.update(loss=float(torch.nn.functional.cross_entropy(logits, labels)),
                          accuracy=float((logits.argmax(1) == labels).float().mean()),
-                         ece=claims.expected_calibration_error(probs, labels, int(point["bins"])),
-                         **claims.logit_gaps(logits))
-            bins = claims.reliability_bins(probs, labels, int(point["bins"])).assign(split="reliability")
+                         ece=shared.expected_calibration_error(probs, labels, int(point["bins"])),
+                         **shared.logit_gaps(logits))
+            bins = shared.reliability_bins(probs, labels, int(point["bins"])).assign(split="reliability")
         frame = pd.concat([rows, pd.DataFrame([final]), bins], ignore_index=True)
-    frame["epsilon"] = point["label_smoothing"]
-    frame["seed"] = point["seed"]
-    frame["diverged"] = outcome.diverged
+    frame = frame.assign(epsilon=point["label_smoothing"], seed=point["seed"], diverged=outcome.diverged)
     return frame.reindex(columns=RESULT_COLUMNS)
 
 
@@ -177,14 +163,9 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (epsilon, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`: curve rows (``split`` train/val), one ``final`` row per point, and one
     ``reliability`` row per point and bin (``accuracy`` there is the bin's accuracy)."""
-    points = make_points(config)
-    table = claims.run_points(points, run_point, results_dir, workers=int(config["workers"]),
-                              isolate=bool(config["isolate"]), progress=progress, desc=NAME)
-    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
-    for col in _NUMERIC:  # the JSON-lines table stores NaN as null
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table["diverged"] = table["diverged"].astype(bool)
-    return table
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def per_seed(results: pd.DataFrame) -> pd.DataFrame:
@@ -215,7 +196,7 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
     (the paper's claim; the headline word), and, reported after it with their own words, does it shrink the gap
     between the largest logit and the others (the paper's argument) and lower the ECE?
 
-    Networks that did not learn beyond chance (:func:`~analysis.experiments._claims.learned_threshold` on
+    Networks that did not learn beyond chance (:func:`~analysis.experiments._shared.learned_threshold` on
     ``n_val`` images) make it inconclusive; diverged runs are left out and counted.
     """
     if final.empty:
@@ -225,15 +206,15 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
     if smooth.empty or plain.empty:
         return (f"inconclusive: no finished run with epsilon {epsilon:g} and without smoothing to compare "
                 f"({int(final['diverged'].astype(bool).sum())} diverged)")
-    threshold = claims.learned_threshold(n_val)
+    threshold = shared.learned_threshold(n_val)
     best = min(smooth["accuracy"].mean(), plain["accuracy"].mean())
     if not best > threshold:
         return (f"inconclusive: the networks did not learn beyond chance (mean validation accuracy "
                 f"{smooth['accuracy'].mean():.3f} with, {plain['accuracy'].mean():.3f} without smoothing; chance "
                 f"+ 3 SE = {threshold:.3f})")
-    acc = claims.compare(smooth["accuracy"], plain["accuracy"], min_effect=min_effect)
-    gap = claims.compare(smooth["gap_to_mean"], plain["gap_to_mean"], higher_is_better=False)
-    ece = claims.compare(smooth["ece"], plain["ece"], higher_is_better=False)
+    acc = shared.compare(smooth["accuracy"], plain["accuracy"], min_effect=min_effect)
+    gap = shared.compare(smooth["gap_to_mean"], plain["gap_to_mean"], higher_is_better=False)
+    ece = shared.compare(smooth["ece"], plain["ece"], higher_is_better=False)
     return (f"{acc.word}: " + acc.describe(f"validation accuracy with eps {epsilon:g} vs without")
             + f"; the paper's argument, the largest logit's lead over the others: {gap.word}: "
             + gap.describe("mean gap to the other logits", fmt=".2f")
@@ -246,14 +227,14 @@ def _curves_figure(results: pd.DataFrame) -> Any:
     curve["epsilon"] = curve["epsilon"].map(lambda e: f"{e:g}")
     loss = curve[curve["split"] == "train"].assign(value=lambda f: f["loss"])
     acc = curve[curve["split"] == "val"].assign(value=lambda f: f["accuracy"])
-    return claims.band_lines(pd.concat([loss, acc]), x="step", y="value", hue="epsilon", col="series",
+    return shared.band_lines(pd.concat([loss, acc]), x="step", y="value", hue="epsilon", col="series",
                              title="With and without label smoothing", ylabel="value (mean, min-max over seeds)")
 
 
 def _reliability(results: pd.DataFrame) -> Any:
     bins = results[results["split"] == "reliability"].copy()
     bins["epsilon"] = bins["epsilon"].map(lambda e: f"{e:g}")
-    return claims.reliability_figure(bins, hue="epsilon", title="Reliability diagram (validation, pooled seeds)")
+    return shared.reliability_figure(bins, hue="epsilon", title="Reliability diagram (validation, pooled seeds)")
 
 
 def section(mode: str, seed: int) -> Section:

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import _claims as claims
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
 
@@ -84,10 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="cpu_s",
-        device="cpu",
-        threads=1,
-        workers=2,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: both pairs with all three arms at the paper's depth (5/10/5 blocks), half width, 139 px, the
     # paper's RMSProp (decay 0.9, eps 1.0) at lr 0.045, 3 seeds, 5,000 steps. Not run in this session (no GPU).
@@ -115,10 +112,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="time",
-        device="auto",
-        threads=0,
-        workers=1,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -139,9 +133,7 @@ _POINT_KEYS = ("block_counts", "width_mult", "image_size", "drop_rate", "n_train
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"residual_speedup config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in VARIANTS]
     if unknown or not config["variants"]:
         raise ValueError(f"variants must be a non-empty subset of {sorted(VARIANTS)}, got {list(config['variants'])}")
@@ -194,57 +186,43 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (variant, arm, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
     from inception_models import create_model
 
-    with claims.threads(int(point["threads"])):
+    with shared.threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], **_knobs(point))
         params = sum(p.numel() for p in model.parameters())
         gmacs = _cost(point)[1] if point["count_macs"] else math.nan
-        outcome = claims.train_point(point, model)
-    history = outcome.history
-    frame = history[history["split"].isin(["train", "val"])].reindex(
-        columns=["split", "step", "loss", "accuracy", "time", "cpu_s"]).reset_index(drop=True)
+        outcome = shared.train_point(point, model)
+    frame = outcome.curve(params=params, gmacs=gmacs,
+                          **{key: point[key] for key in ("variant", "arm", "model", "seed")})
     # A validation row takes the CPU time of the training row logged at the same step.
     cpu = frame[frame["split"] == "train"].set_index("step")["cpu_s"]
     is_val = frame["split"] == "val"
     frame.loc[is_val, "cpu_s"] = frame.loc[is_val, "step"].map(cpu).to_numpy()
-    for key in ("variant", "arm", "model", "seed"):
-        frame[key] = point[key]
-    frame["params"], frame["gmacs"] = params, gmacs
-    frame["diverged"], frame["diverged_step"] = outcome.diverged, outcome.diverged_step
-    if frame.empty:  # diverged at the first step: one row so the point is still in the table
-        frame = pd.DataFrame([{**{k: point[k] for k in ("variant", "arm", "model", "seed")}, "params": params,
-                               "gmacs": gmacs, "split": "train", "step": 0, "diverged": outcome.diverged,
-                               "diverged_step": outcome.diverged_step}])
     return frame.reindex(columns=RESULT_COLUMNS)
 
 
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
-    points = make_points(config)
-    table = claims.run_points(points, run_point, results_dir, workers=int(config["workers"]),
-                              isolate=bool(config["isolate"]), progress=progress, desc=NAME)
-    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
-    for col in _NUMERIC:  # the JSON-lines table stores NaN as null
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table["diverged"] = table["diverged"].astype(bool)
-    return table
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     """The target validation accuracy: ``config["target"]`` when given; otherwise ``target_fraction`` x the mean
     best validation accuracy of the weakest arm (the lowest such mean), but at least chance + 3 standard errors
-    (:func:`analysis.experiments._claims.auto_target`): every arm gets about there, so the question is who gets
+    (:func:`analysis.experiments._shared.auto_target`): every arm gets about there, so the question is who gets
     there first, the BN paper's way of asking."""
     if config["target"] is not None:
         return float(config["target"])
-    val = claims.finite_evals(results[results["split"] == "val"])
+    val = shared.finite_evals(results[results["split"] == "val"])
     if val.empty:
-        return claims.learned_threshold(int(config["n_val"]))
+        return shared.learned_threshold(int(config["n_val"]))
     best = val.groupby(["variant", "arm", "seed"], sort=False)["accuracy"].max().reset_index()
     weakest = best.groupby(["variant", "arm"], sort=False)["accuracy"].mean().idxmin()
     reference = best.set_index(["variant", "arm"]).loc[[weakest], "accuracy"]
-    return claims.auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
+    return shared.auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
                               n_val=int(config["n_val"]))
 
 
@@ -254,19 +232,15 @@ def per_seed(results: pd.DataFrame, target: float, budget: int, time_axis: str =
     validation accuracy, last training loss, time per step, divergence."""
     rows = []
     for (variant, arm, seed), grp in results.groupby(["variant", "arm", "seed"], sort=False):
-        val = claims.finite_evals(grp[grp["split"] == "val"]).sort_values("step")
-        train = grp[grp["split"] == "train"].sort_values("step")
-        steps = claims.steps_to_target(val, target)
+        outcome = shared.run_outcome(grp, target)
+        steps = outcome["steps_to_target"]
+        val = shared.finite_evals(grp[grp["split"] == "val"])
         time_at = val.loc[val["step"] == steps, time_axis] if not math.isnan(steps) else pd.Series(dtype=float)
-        last = train.dropna(subset=[time_axis]).tail(1)
+        last = grp[grp["split"] == "train"].sort_values("step").dropna(subset=[time_axis]).tail(1)
         rows.append({
             "variant": variant, "arm": arm, "seed": int(seed), "params": grp["params"].iloc[0],
-            "gmacs": grp["gmacs"].iloc[0], "target": target, "budget": int(budget), "steps_to_target": steps,
-            "reached": not math.isnan(steps),
+            "gmacs": grp["gmacs"].iloc[0], "target": target, "budget": int(budget), **outcome,
             "time_to_target": float(time_at.iloc[0]) if len(time_at) else math.nan,
-            "final_val_accuracy": float(val["accuracy"].iloc[-1]) if len(val) else math.nan,
-            "best_val_accuracy": float(val["accuracy"].max()) if len(val) else math.nan,
-            "final_train_loss": float(train["loss"].dropna().iloc[-1]) if train["loss"].notna().any() else math.nan,
             "time_per_step": float(last[time_axis].iloc[0] / last["step"].iloc[0]) if len(last) else math.nan,
             "diverged": bool(grp["diverged"].iloc[0]),
             "diverged_step": grp["diverged_step"].iloc[0],
@@ -302,7 +276,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
     counts as ``budget`` steps. Residual nets that did not learn beyond chance make it inconclusive."""
     if seeds.empty:
         raise ValueError("verdict needs at least one per-seed row")
-    threshold = claims.learned_threshold(n_val)
+    threshold = shared.learned_threshold(n_val)
     parts, words = [], []
     for variant, grp in seeds.groupby("variant", sort=False):
         res = grp[grp["arm"] == "residual"]
@@ -322,10 +296,10 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             continue
         for i, other in enumerate(others):
             arm = grp[grp["arm"] == other]
-            cmp = claims.compare([claims.censored_steps(s, budget) for s in res["steps_to_target"]],
-                                 [claims.censored_steps(s, budget) for s in arm["steps_to_target"]],
+            cmp = shared.compare([shared.censored_steps(s, budget) for s in res["steps_to_target"]],
+                                 [shared.censored_steps(s, budget) for s in arm["steps_to_target"]],
                                  higher_is_better=False)
-            final = claims.compare(res["final_val_accuracy"], arm["final_val_accuracy"])
+            final = shared.compare(res["final_val_accuracy"], arm["final_val_accuracy"])
             reached = f"reached {int(res['reached'].sum())}/{len(res)} vs {int(arm['reached'].sum())}/{len(arm)}"
             parts.append(f"{variant} vs {ARM_LABELS[other]}: {cmp.word}: "
                          + cmp.describe("steps to target", fmt=".0f") + f", {reached}; higher accuracy at the end of "
@@ -333,8 +307,8 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             if i == 0:
                 words.append(cmp.word)
     head = words[0] if len(set(words)) == 1 else (
-        claims.SHOWS if all(w == claims.SHOWS for w in words) else
-        next((w for w in words if w.startswith("inconclusive")), claims.DOES_NOT_SHOW))
+        shared.SHOWS if all(w == shared.SHOWS for w in words) else
+        next((w for w in words if w.startswith("inconclusive")), shared.DOES_NOT_SHOW))
     target = float(seeds["target"].iloc[0])
     return f"{head} (target validation accuracy {target:.3f}; " + "; ".join(parts) + ")"
 
@@ -345,14 +319,14 @@ def _label(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _accuracy_by_step(results: pd.DataFrame, target: float) -> Any:
     val = _label(results[results["split"] == "val"])
-    return claims.band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
+    return shared.band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
                              sharey=True, title="Validation accuracy",
                              ylabel="validation accuracy (mean, min-max over seeds)")
 
 
 def _loss_by_step(results: pd.DataFrame) -> Any:
     train = _label(results[results["split"] == "train"])
-    return claims.band_lines(train, x="step", y="loss", hue="arm", col="variant",
+    return shared.band_lines(train, x="step", y="loss", hue="arm", col="variant",
                              title="Training loss", sharey=True,
                              ylabel="training loss (mean, min-max over seeds)")
 
@@ -363,7 +337,7 @@ def _by_time(results: pd.DataFrame, time_axis: str) -> Any:
                        value=rows["loss"].where(rows["split"] == "train", rows["accuracy"]),
                        arm=rows["arm"] + " (" + rows["variant"] + ")")
     label = TIME_AXES[time_axis]
-    return claims.band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
+    return shared.band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
                              title=f"Against {label.split(' (')[0]}", xlabel=label, ylabel="value (one line per seed)")
 
 

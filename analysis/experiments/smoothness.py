@@ -42,9 +42,9 @@ import contextlib
 import math
 import tempfile
 import time
-from functools import lru_cache
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,9 +52,9 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
-from analysis.sweep import point_id, read_results, run_sweep
 
 __all__ = [
     "CONFIGS",
@@ -126,9 +126,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=1,
-        device="cpu",
-        threads=1,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: half width, the paper's batch 128 and its 8 step sizes, three variants (noisy BN included), three
     # seeds, 3,000 steps on 10,000 images. Not run in this session (no GPU).
@@ -161,9 +159,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=3,
-        device="auto",
-        threads=0,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -308,9 +304,7 @@ class BatchNormNoise(Callback):
 
 # -------------------------------------------------------------------------------------------------- points
 def _check_config(config: dict[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"smoothness config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     from inception_models import model_info
 
     info = model_info(config["model"])  # an unknown model lists the known ones
@@ -373,25 +367,6 @@ def probe_points(config: dict[str, Any], lr: float) -> list[dict[str, Any]]:
             for k in range(int(config["seeds"])) for v in config["variants"]]
 
 
-@lru_cache(maxsize=4)
-def _tensors(split: str, n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The synthetic shapes split at ``size`` px as tensors, rendered once per process."""
-    from analysis.data import make_synthetic
-
-    return make_synthetic(split, n, size, seed).tensors()
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _build_model(point: dict[str, Any], train_images: torch.Tensor) -> nn.Module:
     from inception_models import create_model
 
@@ -414,9 +389,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     from analysis.landscape import LandscapeProbe
     from analysis.training import TrainConfig, Trainer, TrainingDiverged
 
-    with _threads(int(point["threads"])):
-        train = _tensors("train", point["n_train"], 0, point["image_size"])
-        val = _tensors("val", point["n_val"], 0, point["image_size"])
+    with shared.threads(int(point["threads"])):
+        train = shared.tensors("train", point["n_train"], point["image_size"])
+        val = shared.tensors("val", point["n_val"], point["image_size"])
         model = _build_model(point, train[0])
         callbacks: list[Callback] = []
         probe = None
@@ -465,20 +440,6 @@ def _smoothed_loss(train_rows: pd.DataFrame, steps: pd.Series, window: int) -> l
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def _collect(points: list[dict[str, Any]], path: Path, isolate: bool, progress: bool) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
-    for point in tqdm(points, desc=NAME, disable=not progress, unit="run"):
-        run_sweep([point], run_point, path, isolate=isolate)
-    table = read_results(path)
-    if table.empty:
-        return pd.DataFrame(columns=RUN_COLUMNS)
-    order = {point_id(p): i for i, p in enumerate(points)}
-    table = table[table["point_id"].isin(order)]
-    table = table.assign(_order=table["point_id"].map(order)).sort_values("_order", kind="stable")
-    return table.drop(columns=["_order", "point_id"]).reindex(columns=RUN_COLUMNS)
-
-
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """The sweep (unless ``lr`` is fixed and ``lrs`` empty), then the probed runs at the chosen ``lr``.
 
@@ -490,15 +451,14 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     with contextlib.ExitStack() as stack:
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="smoothness-"))
-        path = Path(results_dir) / "results.jsonl"
-        isolate = bool(config["isolate"])
+        collect = partial(shared.run_points, run_point=run_point, results_dir=results_dir,
+                          workers=int(config["workers"]), isolate=bool(config["isolate"]), progress=progress,
+                          desc=NAME, columns=RUN_COLUMNS, numeric=_NUMERIC)
         points = sweep_points(config)
-        sweep = _collect(points, path, isolate, progress) if points else None
+        sweep = collect(points) if points else None
         lr = config["lr"] if config["lr"] is not None else choose_lr(sweep_table(sweep, config["min_gain"]))
-        probed = _collect(probe_points(config, lr), path, isolate, progress)
-    frame = pd.concat([f for f in (sweep, probed) if f is not None], ignore_index=True)
-    for col in _NUMERIC:  # JSON lines store NaN as null
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+        probed = collect(probe_points(config, lr))
+    frame = pd.concat([f for f in (sweep, probed) if f is not None], ignore_index=True).drop(columns="point_id")
     for col, missing in (("compared", True), ("diverged", False)):
         frame[col] = frame[col].map(lambda v, m=missing: m if pd.isna(v) else bool(v)).astype(bool)
     return frame.reset_index(drop=True)

@@ -28,16 +28,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
-from analysis.experiments.factorization_grid import (
-    CHANCE,
-    TRAIN_KEYS,
-    compare,
-    learned_threshold,
-    run_points,
-    seed_summary,
-    train_point,
-)
 from analysis.report import Figure, Section, Table
 
 __all__ = [
@@ -47,7 +39,6 @@ __all__ = [
     "make_points",
     "run_point",
     "run",
-    "final_accuracy",
     "summarise",
     "verdicts",
     "verdict",
@@ -88,10 +79,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=10,
         eval_every=50,
         param_tolerance=0.1,
-        device="cpu",
-        threads=1,
-        workers=2,
-        isolate=False,
+        **shared.CPU_QUICK,
     ),
     # A GPU: the full-width networks (21.8M / 20.8M parameters at 10 classes) at 150 px on 10,000 images, 3
     # seeds, 20 epochs. Not run in this session (no GPU); the learning rate is untested at this size.
@@ -117,10 +105,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=156,
         param_tolerance=0.1,
-        device="auto",
-        threads=0,
-        workers=1,
-        isolate=True,
+        **shared.GPU_FULL,
     ),
 }
 
@@ -133,11 +118,7 @@ _MODEL_KNOBS = ("width_mult", "drop_rate", "middle_blocks", "mid_activation")
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    missing = sorted(set(CONFIGS["quick"]) - set(config))
-    if missing:
-        raise ValueError(f"{NAME} config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
-    if int(config["seeds"]) < 1:
-        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
+    shared.check_config(NAME, config, CONFIGS["quick"])
     for label, spec in config["variants"].items():
         if "model" not in spec:
             raise ValueError(f"variant {label!r} names no model; give dict(model='xception', ...)")
@@ -155,7 +136,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
             points.append({
                 "experiment": NAME, "variant": label, **dict(spec), "image_size": config["image_size"],
                 "seed": int(config["seed"]) + i, "data_seed": int(config["seed"]), "n_train": config["n_train"],
-                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in TRAIN_KEYS},
+                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
             })
     return points
 
@@ -164,36 +145,27 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one network with one seed: :data:`RESULT_COLUMNS` rows (train log, validation every
     ``eval_every`` steps and at the end)."""
     knobs = {k: point[k] for k in _MODEL_KNOBS if k in point}
-    frame = train_point(point, point["model"], knobs)
-    frame = frame.assign(variant=point["variant"], model=point["model"],
-                         mid_activation=bool(point.get("mid_activation", False)), seed=int(point["seed"]))
+    with shared.threads(int(point["threads"])):
+        outcome = shared.train_point(point, point["model"], model_kwargs=knobs)
+    frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
+                          cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, variant=point["variant"], model=point["model"],
+                          mid_activation=bool(point.get("mid_activation", False)), seed=int(point["seed"]))
     return frame.reindex(columns=RESULT_COLUMNS)
 
 
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`."""
-    points = make_points(config)
-    table = run_points(points, run_point, results_dir, workers=int(config["workers"]),
-                       isolate=bool(config["isolate"]), progress=progress, desc=NAME)
-    table = table.reindex(columns=["point_id"] + RESULT_COLUMNS)
-    for col in _NUMERIC:
-        table[col] = pd.to_numeric(table[col], errors="coerce")
-    table["mid_activation"] = table["mid_activation"].astype(bool)
-    return table
-
-
-def final_accuracy(results: pd.DataFrame) -> pd.DataFrame:
-    """The last validation row of every point."""
-    val = results[results["split"] == "val"]
-    return val.sort_values("step", kind="stable").groupby("point_id", sort=False).tail(1)
+    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): parameters (and their relative difference to Inception-v3's)
     and final validation accuracy over seeds."""
-    final = final_accuracy(results)
-    stats = seed_summary(final, ["variant"])
+    final = shared.final_evals(results)
+    stats = shared.seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(model=("model", "first"), mid_activation=("mid_activation", "first"),
                                                     params=("params", "first"), val_loss_mean=("loss", "mean"))
     table = stats.merge(extra.reset_index(), on="variant").rename(
@@ -215,7 +187,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
         if gap > param_tolerance:
             return (f"inconclusive: parameter counts differ by {gap:.1%} ({rows.loc[better, 'params']:,} vs "
                     f"{rows.loc[worse, 'params']:,}), more than {param_tolerance:.0%}")
-    threshold = learned_threshold(n_val, chance)
+    threshold = shared.learned_threshold(n_val, chance)
     weak = [v for v in (better, worse) if not rows.loc[v, "acc_mean"] > threshold]
     if len(weak) == 2 or (weak and both_must_learn):
         means = ", ".join(f"{rows.loc[v, 'acc_mean']:.3f}" for v in weak)
@@ -224,8 +196,9 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
                 "claim is about accuracy once trained") if learned else ""
         return (f"inconclusive: {' and '.join(weak)} did not learn beyond chance (mean accuracy {means} <= "
                 f"{threshold:.3f}: chance {chance:g} + 3 binomial s.e. on {n_val} images{also})")
-    effect, spread = compare(final.loc[final["variant"] == better, "accuracy"],
-                             final.loc[final["variant"] == worse, "accuracy"])
+    comparison = shared.compare(final.loc[final["variant"] == better, "accuracy"],
+                                final.loc[final["variant"] == worse, "accuracy"])
+    effect, spread = comparison.effect, comparison.spread
     numbers = (f"{better} {rows.loc[better, 'acc_mean']:.3f} vs {worse} {rows.loc[worse, 'acc_mean']:.3f}, "
                f"difference {effect:+.3f} against a seed spread of {spread:.3f}")
     if weak:
@@ -237,7 +210,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
     return f"does not show: the opposite held ({numbers})"
 
 
-def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
+def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
              param_tolerance: float = 0.1) -> dict[str, str]:
     """Both claims at this scale, each "shows: ...", "does not show: ..." or "inconclusive: ...".
 
@@ -246,7 +219,8 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     ``param_tolerance``) and ``"mid_activation"`` (Xception more accurate without the ReLU between depthwise
     and pointwise convolutions than with it).
 
-    A network that did not learn beyond chance (:func:`learned_threshold`) makes the first claim inconclusive:
+    A network that did not learn beyond chance (:func:`~analysis.experiments._shared.learned_threshold`) makes the first claim
+    inconclusive:
     it is about accuracy at equal capacity once trained, and a slow start in a short budget says nothing about
     that. The second claim is also about speed (Fig. 10: "faster convergence and better final performance"),
     so there one network staying at chance while the other learns is a result; both at chance is not.
@@ -261,7 +235,7 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     }
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
             param_tolerance: float = 0.1) -> str:
     """:func:`verdicts` as one line for the report."""
     answers = verdicts(summary, final, n_val=n_val, chance=chance, param_tolerance=param_tolerance)
@@ -283,7 +257,7 @@ def _curves_figure(results: pd.DataFrame) -> Any:
                     label=variant)
             ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
         if value == "accuracy":
-            ax.axhline(CHANCE, color="grey", lw=1, ls="--", label="chance")
+            ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
         ax.set_xlabel("step")
         ax.set_ylabel(value)
         ax.set_title(f"{label}\n(mean, band: seed min-max)", fontsize=10)
@@ -302,7 +276,7 @@ def _final_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
         ax.scatter([i] * len(seeds), seeds, color=f"C{i}", s=20, alpha=0.7)
         ax.errorbar([i], [row["acc_mean"]], yerr=[[row["acc_mean"] - row["acc_min"]], [row["acc_max"] - row["acc_mean"]]],
                     fmt="s", color="black", capsize=5)
-    ax.axhline(CHANCE, color="grey", lw=1, ls="--", label="chance")
+    ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
     ax.set_xticks(range(len(labels)), [f"{v}\n{p / 1e3:.0f}k params" for v, p in zip(labels, summary["params"])])
     ax.set_ylabel("final validation accuracy")
     ax.set_title("Final accuracy (dots: seeds; bars: mean, seed min-max)")
@@ -316,7 +290,7 @@ def section(mode: str, seed: int) -> Section:
     config = {**CONFIGS[mode], "seed": seed}
     results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
     summary = summarise(results)
-    final = final_accuracy(results)
+    final = shared.final_evals(results)
     answer = verdict(summary, final, n_val=int(config["n_val"]), param_tolerance=float(config["param_tolerance"]))
     widths = sorted({spec.get("width_mult", 1.0) for spec in config["variants"].values()})
     text = (

@@ -1,8 +1,9 @@
-"""What the training-claim experiments share: the data, parallel resumable points, steps to a target with the
-spread over seeds, calibration (expected calibration error, reliability bins), logit gaps, and the verdict rule.
+"""What the trained experiments share: where their points run (:data:`CPU_QUICK`, :data:`GPU_FULL`), the data,
+parallel resumable points, one training run per point, steps to a target with the spread over seeds,
+calibration (expected calibration error, reliability bins), logit gaps, and the verdict rule.
 
-Used by :mod:`analysis.experiments.residual_speedup`, :mod:`~analysis.experiments.bn_speedup`,
-:mod:`~analysis.experiments.label_smoothing` and :mod:`~analysis.experiments.aux_heads`.
+Used by every experiment that trains: factorization_grid, xception_vs_v3, dead_units, smoothness,
+residual_speedup, bn_speedup, label_smoothing and aux_heads.
 
 **The verdict rule** (:func:`compare`). For a claim "arm A beats arm B on a measure" with one value per seed in
 each arm: the *effect* is the difference of the seed means, signed so that a positive effect is the claimed
@@ -45,17 +46,23 @@ __all__ = [
     "INCONCLUSIVE_SPREAD",
     "INCONCLUSIVE_ONE_SEED",
     "Comparison",
+    "CPU_QUICK",
+    "GPU_FULL",
+    "check_config",
     "tensors",
     "threads",
     "CpuClock",
     "run_points",
+    "RECIPE_KEYS",
     "TRAIN_KEYS",
     "TrainOutcome",
     "train_point",
     "learned_threshold",
     "auto_target",
     "finite_evals",
+    "final_evals",
     "steps_to_target",
+    "run_outcome",
     "censored_steps",
     "seed_stats",
     "compare",
@@ -67,12 +74,29 @@ __all__ = [
     "reliability_figure",
 ]
 
-CHANCE = 0.1  # the synthetic shapes have ten balanced classes
+CLASSES = 10  # the synthetic shapes have ten balanced classes
+CHANCE = 1.0 / CLASSES
 
 SHOWS = "shows"
 DOES_NOT_SHOW = "does not show"
 INCONCLUSIVE_SPREAD = "inconclusive: spread over seeds larger than the effect"
 INCONCLUSIVE_ONE_SEED = "inconclusive: one seed per arm, no spread to judge the effect against"
+
+# Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
+# worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
+# its own so a crash or an out-of-memory error costs one point.
+CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False)
+GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True)
+
+
+def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the keys ``config`` lacks against ``reference`` (the experiment's quick
+    config), or a seed count below one."""
+    missing = sorted(set(reference) - set(config))
+    if missing:
+        raise ValueError(f"{name} config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    if "seeds" in reference and int(config["seeds"]) < 1:
+        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
 
 
 # ==================================================================================================== running
@@ -124,13 +148,17 @@ def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFram
 
 def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
                results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
-               desc: str = "points") -> pd.DataFrame:
+               desc: str = "points", columns: Sequence[str] | None = None, numeric: Sequence[str] = (),
+               flags: Sequence[str] = ()) -> pd.DataFrame:
     """Run the unfinished ``points`` into ``results_dir/results.jsonl`` (a temporary folder when None) through
     :func:`analysis.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
 
     ``workers`` > 1 runs that many points at once, each in a spawned worker process (``run_point`` must be a
     module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
     Appends are serialised by the sweep's file lock, so a killed run resumes with the finished points kept.
+
+    ``columns`` gives the table ``point_id`` + those columns (in that order, missing ones blank); the
+    ``numeric`` ones are made numbers (the JSON-lines file stores NaN as null) and the ``flags`` booleans.
     """
     from tqdm.auto import tqdm
 
@@ -159,13 +187,24 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
                     "guard its entry with `if __name__ == \"__main__\":`, or use workers=1. Finished points are "
                     "kept: run again to resume") from err
         table = read_results(path)
-    if table.empty:
+    if not table.empty:
+        order = {point_id(p): i for i, p in enumerate(points)}
+        table = table[table["point_id"].isin(order)]
+        table = table.assign(_order=table["point_id"].map(order)).sort_values("_order", kind="stable")
+        table = table.drop(columns="_order").reset_index(drop=True)
+    if columns is None:
         return table
-    order = {point_id(p): i for i, p in enumerate(points)}
-    table = table[table["point_id"].isin(order)]
-    table = table.assign(_order=table["point_id"].map(order)).sort_values("_order", kind="stable")
-    return table.drop(columns="_order").reset_index(drop=True)
+    table = table.reindex(columns=["point_id", *columns])
+    for col in numeric:
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    for col in flags:
+        table[col] = table[col].fillna(False).astype(bool)
+    return table
 
+
+# The recipe an SGD experiment's config hands every point (factorization_grid, xception_vs_v3).
+RECIPE_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps",
+               "log_every", "eval_every", "device")
 
 # The point keys that are TrainConfig fields (missing ones take TrainConfig's defaults).
 TRAIN_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "rmsprop_decay", "rmsprop_eps",
@@ -188,21 +227,48 @@ class TrainOutcome:
     def diverged(self) -> bool:
         return self.diverged_step is not None
 
+    @property
+    def params(self) -> int:
+        """The trained network's parameter count."""
+        return sum(p.numel() for p in self.trainer.model.parameters())
 
-def train_point(point: Mapping[str, Any], model: torch.nn.Module, *, callbacks: Sequence[Any] = (),
+    def curve(self, columns: Sequence[str] = ("split", "step", "loss", "accuracy", "time", "cpu_s"),
+              **constants: Any) -> pd.DataFrame:
+        """The ``train`` and ``val`` rows of the log in ``columns``, with ``diverged`` and ``diverged_step`` and
+        the ``constants`` (e.g. the point's arm and seed) on every row. A run that diverged at its first step
+        logged nothing: it gets one ``train`` row at step 0, so the point still stands in the results."""
+        frame = self.history[self.history["split"].isin(["train", "val"])].reindex(columns=list(columns))
+        frame = frame.reset_index(drop=True)
+        if frame.empty:
+            frame = pd.DataFrame([{"split": "train", "step": 0}]).reindex(columns=list(columns))
+        return frame.assign(**constants, diverged=self.diverged, diverged_step=self.diverged_step)
+
+
+def train_point(point: Mapping[str, Any], model: torch.nn.Module | str, *,
+                model_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
                 setup: Callable[[Any], None] | None = None) -> TrainOutcome:
-    """Train ``model`` on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size`` and the
-    :data:`TRAIN_KEYS`), logging ``cpu_s`` on the training rows. A NaN/inf loss
-    (:class:`analysis.training.TrainingDiverged`) is a result: it ends the run and sets ``diverged_step``.
-    ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace its criterion)."""
+    """Train ``model`` on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, an
+    optional ``data_seed`` (default 0) and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on the training rows.
+
+    ``model`` is a built network, or a registry name that the trainer builds as ``create_model(model,
+    num_classes=10, **model_kwargs)`` after seeding with the point's ``seed`` (so the seed decides the init). A
+    NaN/inf loss (:class:`analysis.training.TrainingDiverged`) is a result: it ends the run and sets
+    ``diverged_step``. ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace
+    its criterion)."""
     from analysis.training import TrainConfig, Trainer, TrainingDiverged
 
-    train = tensors("train", int(point["n_train"]), int(point["image_size"]))
-    val = tensors("val", int(point["n_val"]), int(point["image_size"]))
+    data_seed = int(point.get("data_seed", 0))
+    train = tensors("train", int(point["n_train"]), int(point["image_size"]), data_seed)
+    val = tensors("val", int(point["n_val"]), int(point["image_size"]), data_seed)
     values = {k: point[k] for k in TRAIN_KEYS if k in point}
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])
-    config = TrainConfig(model=str(point.get("model", type(model).__name__)), progress=False, **values)
+    if isinstance(model, str):
+        name, model = model, None
+        values["model_kwargs"] = {"num_classes": CLASSES, **(model_kwargs or {})}
+    else:
+        name = str(point.get("model", type(model).__name__))
+    config = TrainConfig(model=name, progress=False, **values)
     clock = CpuClock(config.log_every)
     trainer = Trainer(model, config, train, val, callbacks=[clock, *callbacks])
     if setup is not None:
@@ -244,6 +310,12 @@ def finite_evals(val: pd.DataFrame) -> pd.DataFrame:
     return val[np.isfinite(loss.to_numpy(dtype=float))]
 
 
+def final_evals(results: pd.DataFrame) -> pd.DataFrame:
+    """The last validation row of every point (``point_id``) of a results table."""
+    val = results[results["split"] == "val"]
+    return val.sort_values("step", kind="stable").groupby("point_id", sort=False).tail(1)
+
+
 def steps_to_target(curve: pd.DataFrame, target: float, *, step: str = "step", value: str = "accuracy") -> float:
     """The first ``step`` of ``curve`` at which ``value`` >= ``target``; NaN if it never gets there."""
     if curve.empty:
@@ -251,6 +323,19 @@ def steps_to_target(curve: pd.DataFrame, target: float, *, step: str = "step", v
     ordered = curve.sort_values(step, kind="stable")
     hit = ordered.loc[pd.to_numeric(ordered[value], errors="coerce") >= target, step]
     return float(hit.iloc[0]) if len(hit) else math.nan
+
+
+def run_outcome(rows: pd.DataFrame, target: float) -> dict[str, Any]:
+    """What one run's logged ``rows`` (``split`` train/val, ``step``, ``loss``, ``accuracy``) say at the end:
+    ``steps_to_target`` (the first evaluation at or above ``target``, among finite ones; NaN if none) and
+    ``reached``, ``final_val_accuracy``, ``best_val_accuracy`` and ``final_train_loss``."""
+    val = finite_evals(rows[rows["split"] == "val"]).sort_values("step")
+    train_loss = rows.loc[rows["split"] == "train"].sort_values("step")["loss"].dropna()
+    steps = steps_to_target(val, target)
+    return {"steps_to_target": steps, "reached": not math.isnan(steps),
+            "final_val_accuracy": float(val["accuracy"].iloc[-1]) if len(val) else math.nan,
+            "best_val_accuracy": float(val["accuracy"].max()) if len(val) else math.nan,
+            "final_train_loss": float(train_loss.iloc[-1]) if len(train_loss) else math.nan}
 
 
 def censored_steps(steps: float, budget: float) -> float:
