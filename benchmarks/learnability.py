@@ -3,7 +3,7 @@
     python benchmarks/learnability.py --threads 2 --time-limit 300          # small_inception, then the probes
 
 Trains ``small_inception`` (BN, default knobs) on :func:`analysis.data.make_synthetic` at 32x32 with a minimal
-loop of its own (SGD, momentum 0.9, batch 128, linear warm-up then cosine decay over ``--steps``, no
+loop of its own (SGD, momentum 0.9, batch ``--batch-size``, linear warm-up then cosine decay over ``--steps``, no
 augmentation) and evaluates top-1 on the validation split every ``--eval-every`` steps. Training time is the
 wall time of the training steps alone (evaluation excluded) and is reported beside the step count, since a
 shared machine's step time says more about the machine than about the data. The run stops at ``--steps`` or
@@ -29,6 +29,8 @@ from analysis.data import make_loader, make_synthetic
 from analysis.tables import render
 from inception_models import create_model
 
+TARGET_ACCURACY = 0.90  # issue 5: small_inception reaches it within 5 minutes on 2 CPU cores
+
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
@@ -53,7 +55,7 @@ def train_small_inception(args: argparse.Namespace) -> pd.DataFrame:
             return args.lr * (step + 1) / warmup
         return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
-    loader = make_loader(train, 128, shuffle=True, seed=args.seed, drop_last=True)
+    loader = make_loader(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     rows, step, train_time, epoch = [], 0, 0.0, 0
     model.train()
     while step < args.steps and train_time < args.time_limit:
@@ -73,7 +75,7 @@ def train_small_inception(args: argparse.Namespace) -> pd.DataFrame:
             if step % args.eval_every == 0 or step == args.steps or train_time >= args.time_limit:
                 acc = accuracy(model, val_x, val_y)
                 rows.append({"step": step, "train_s": round(train_time, 1), "s_per_step": round(train_time / step, 2),
-                             "loss": round(float(loss), 4), "val_acc": round(acc, 4)})
+                             "loss": round(loss.item(), 4), "val_acc": round(acc, 4)})
                 print(rows[-1], flush=True)
             if step >= args.steps or train_time >= args.time_limit:
                 break
@@ -119,9 +121,10 @@ def probes(args: argparse.Namespace) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=140)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds of training (evaluation excluded)")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--train-n", type=int, default=10_000)
     parser.add_argument("--val-n", type=int, default=2_000)
     parser.add_argument("--eval-every", type=int, default=25)
@@ -133,7 +136,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.skip_train:
         curve = train_small_inception(args)
-        print(render(curve, "markdown", title="small_inception on synthetic shapes, 32 px, batch 128"))
+        print(render(curve, "markdown", title=f"small_inception on synthetic shapes, 32 px, batch {args.batch_size}"))
+        hit = curve[curve["val_acc"] >= TARGET_ACCURACY]
+        if len(hit):
+            first = hit.iloc[0]
+            print(f"reached {TARGET_ACCURACY:.0%} validation accuracy at step {first['step']} after "
+                  f"{first['train_s']:.0f} s of training on {args.threads} thread(s); final {curve['val_acc'].iloc[-1]:.1%}")
+        else:
+            print(f"did NOT reach {TARGET_ACCURACY:.0%} validation accuracy (best {curve['val_acc'].max():.1%}) in "
+                  f"{curve['train_s'].iloc[-1]:.0f} s")
     if not args.skip_probes:
         print(render(probes(args), "markdown", title="linear probes (sanity: must stay far below 90%)"))
 

@@ -136,7 +136,9 @@ class AuxiliaryClassifier(nn.Module):
     ``pool="paper"`` is the paper's 5x5/3 average pool (4x4 from the 14x14 grid at 224), followed by an
     adaptive pool to 4x4 that does nothing at 224 and lets other input sizes reach the fixed-width FC.
     ``pool="adaptive"`` is torchvision's adaptive average pool to 4x4 (windows of 4 or 5 rows at 14x14, so it
-    is not the same function as the paper's). Parameter order and names are torchvision's ``InceptionAux``.
+    is not the same function as the paper's). ``hidden_bn=True`` batch-normalises the hidden FC before its ReLU
+    (the Inception-v3 paper's "BN-auxiliary", sec. 7). Parameter order and names are torchvision's
+    ``InceptionAux`` (with ``hidden_bn`` off).
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class AuxiliaryClassifier(nn.Module):
         conv_channels: int = 128,
         hidden: int = 1024,
         drop_rate: float = 0.7,
+        hidden_bn: bool = False,
         **conv: object,
     ) -> None:
         super().__init__()
@@ -160,13 +163,15 @@ class AuxiliaryClassifier(nn.Module):
         self.conv = ConvNormAct(in_channels, conv_channels, 1, **conv)
         self.flatten = nn.Flatten(1)
         self.fc1 = nn.Linear(conv_channels * 16, hidden)
+        self.fc1_norm: nn.Module = (nn.BatchNorm1d(hidden, eps=float(conv.get("eps", TF_BN_EPS))) if hidden_bn
+                                    else nn.Identity())
         self.act = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(drop_rate)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(self.conv(self.pool(x)))
-        return self.fc2(self.dropout(self.act(self.fc1(x))))
+        return self.fc2(self.dropout(self.act(self.fc1_norm(self.fc1(x)))))
 
 
 class GoogLeNet(InceptionNetWithAux):
@@ -179,7 +184,9 @@ class GoogLeNet(InceptionNetWithAux):
 
     The other arguments build the paper's variant (:class:`GoogLeNetPaper`): ``lrn`` adds LocalResponseNorm
     after the stem's first max pool and after its 3x3 conv; ``maxpool4_kernel`` is the pool before (5a)
-    (2 in torchvision, 3 in the paper); ``aux_pool`` the aux heads' pooling; ``aux_drop_rate`` their dropout.
+    (2 in torchvision, 3 in the paper); ``aux_pool`` the aux heads' pooling; ``aux_drop_rate`` their dropout;
+    ``aux_norm`` their normalisation: None follows ``norm`` (the reference), ``"none"`` removes it from the heads,
+    ``"bn"`` batch-normalises every head layer, the hidden FC too (the Inception-v3 paper's "BN-auxiliary").
     ``width_mult`` scales every convolution's width (stem, branches, aux 1x1 conv) and the aux FC's 1024.
     ``transform_input`` re-maps ImageNet-normalised RGB inputs to the [-1, 1] scaling torchvision's
     pretrained weights were trained with (torchvision's ``transform_input``).
@@ -207,6 +214,7 @@ class GoogLeNet(InceptionNetWithAux):
         maxpool4_kernel: int = 2,
         aux_pool: AuxPool = "adaptive",
         aux_drop_rate: float = 0.7,
+        aux_norm: NormKind | None = None,
         bn_eps: float = TF_BN_EPS,
     ) -> None:
         if branch5x5_kernel < 1 or branch5x5_kernel % 2 == 0:
@@ -251,11 +259,13 @@ class GoogLeNet(InceptionNetWithAux):
         # torchvision registers the aux heads after (5b) and before the classifier: keep that order.
         self.aux1: AuxiliaryClassifier | None = None
         self.aux2: AuxiliaryClassifier | None = None
+        head_conv = conv if aux_norm is None else dict(conv, norm=check_norm(aux_norm, "aux_norm"))
         if aux_logits:
             for tap, head in AUX_TAPS.items():
                 setattr(self, head, AuxiliaryClassifier(
                     tap_channels[tap], num_classes, pool=aux_pool, conv_channels=scale_width(128, width_mult),
-                    hidden=scale_width(1024, width_mult), drop_rate=aux_drop_rate, **conv,
+                    hidden=scale_width(1024, width_mult), drop_rate=aux_drop_rate, hidden_bn=aux_norm == "bn",
+                    **head_conv,
                 ))
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
@@ -301,6 +311,7 @@ class GoogLeNetPaper(GoogLeNet):
         width_mult: float = 1.0,
         branch5x5_kernel: int = 5,
         lrn: bool = True,
+        aux_norm: NormKind | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -314,6 +325,7 @@ class GoogLeNetPaper(GoogLeNet):
             maxpool4_kernel=3,
             aux_pool="paper",
             aux_drop_rate=0.7,
+            aux_norm=aux_norm,
         )
 
     def _init_weights(self) -> None:
@@ -349,13 +361,15 @@ def googlenet(
     norm: NormKind = "bn",
     width_mult: float = 1.0,
     branch5x5_kernel: int = 3,
+    aux_norm: NormKind | None = None,
 ) -> GoogLeNet:
     """GoogLeNet as torchvision builds it (BN, 3x3 "5x5" branch): 6.6M parameters, 1.50 GMACs at 224.
 
     ``aux_logits=True`` adds torchvision's two auxiliary classifiers (6.4M parameters, used in training only).
     ``branch5x5_kernel=5`` makes the "5x5" branch really 5x5, as in the paper (7,005,832 parameters,
     1.583 GMACs). ``transform_input=True`` is needed to reproduce torchvision's pretrained weights on
-    ImageNet-normalised inputs.
+    ImageNet-normalised inputs. ``aux_norm`` ("bn" or "none") overrides the heads' normalisation; "bn" also
+    batch-normalises their hidden FC (the Inception-v3 paper's "BN-auxiliary").
     """
     return GoogLeNet(
         num_classes=num_classes,
@@ -366,6 +380,7 @@ def googlenet(
         norm=norm,
         width_mult=width_mult,
         branch5x5_kernel=branch5x5_kernel,
+        aux_norm=aux_norm,
     )
 
 
@@ -389,11 +404,13 @@ def googlenet_paper(
     width_mult: float = 1.0,
     branch5x5_kernel: int = 5,
     lrn: bool = True,
+    aux_norm: NormKind | None = None,
 ) -> GoogLeNetPaper:
     """GoogLeNet as the paper describes it: real 5x5 branch, LRN, no BN, dropout 0.4, two aux heads (weight 0.3).
 
     ``aux_logits=False`` drops the auxiliary classifiers; ``norm="bn"`` adds batch norm after every conv
-    (convs then lose their bias); ``lrn=False`` removes the two LocalResponseNorm layers.
+    (convs then lose their bias); ``lrn=False`` removes the two LocalResponseNorm layers; ``aux_norm="bn"``
+    gives the heads alone batch norm on every layer (the Inception-v3 paper's "BN-auxiliary").
     """
     return GoogLeNetPaper(
         num_classes=num_classes,
@@ -404,4 +421,5 @@ def googlenet_paper(
         width_mult=width_mult,
         branch5x5_kernel=branch5x5_kernel,
         lrn=lrn,
+        aux_norm=aux_norm,
     )

@@ -163,6 +163,7 @@ class InceptionV3(InceptionNetWithAux):
         factorize_a: bool = True,
         factorize_b: bool = True,
         factorize_c: bool = True,
+        aux_norm: NormKind | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -180,6 +181,7 @@ class InceptionV3(InceptionNetWithAux):
 
         self.stem = InceptionV3Stem(in_chans, scale_widths(STEM_WIDTHS, width_mult), **conv)  # type: ignore[arg-type]
         self.aux_head: AuxiliaryClassifier | None = None
+        head_conv = conv if aux_norm is None else dict(conv, norm=check_norm(aux_norm, "aux_norm"))
         for stage, blocks, channels in build_stages(
             INCEPTION_V3_BODY, self.stem.out_channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
         ):
@@ -187,7 +189,7 @@ class InceptionV3(InceptionNetWithAux):
             if stage == AUX_TAP and aux_logits:
                 # Registered here, between the 17x17 blocks and Reduction-B, as torchvision does.
                 aux_widths = scale_widths(AUX_WIDTHS, width_mult)
-                self.aux_head = AuxiliaryClassifier(channels, num_classes, aux_widths, **conv)  # type: ignore[arg-type]
+                self.aux_head = AuxiliaryClassifier(channels, num_classes, aux_widths, **head_conv)  # type: ignore[arg-type]
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
         self._init_weights()
@@ -250,6 +252,7 @@ def inception_v3(
     factorize_a: bool = True,
     factorize_b: bool = True,
     factorize_c: bool = True,
+    aux_norm: NormKind | None = None,
 ) -> InceptionV3:
     """Inception-v3 (Szegedy et al. 2015), the released model: 23.8M parameters, 5.71 GMACs at 299.
 
@@ -258,7 +261,8 @@ def inception_v3(
     scaling torchvision's pretrained weights expect. ``factorize_a=False`` makes Inception-A's double 3x3 one
     5x5; ``factorize_b=False`` makes Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes each of
     Inception-C's parallel 1x3/3x1 pairs one 3x3 of their summed width. The stem and reduction blocks keep
-    their layers.
+    their layers. ``aux_norm`` sets the auxiliary classifier's normalisation apart from the body's: None follows
+    ``norm`` (BN, the paper's "BN-auxiliary"), ``"none"`` gives its convolutions a bias and no BN.
     """
     return InceptionV3(
         num_classes=num_classes,
@@ -271,4 +275,5 @@ def inception_v3(
         factorize_a=factorize_a,
         factorize_b=factorize_b,
         factorize_c=factorize_c,
+        aux_norm=aux_norm,
     )

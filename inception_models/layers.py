@@ -19,10 +19,10 @@ TF_BN_EPS = 1e-3
 CAFFE_BN_EPS = 1e-5
 
 
-def check_norm(norm: str) -> str:
-    """Validate a ``norm`` knob value and return it."""
+def check_norm(norm: str, knob: str = "norm") -> str:
+    """Validate a normalisation knob's value (``knob`` names it in the error) and return it."""
     if norm not in NORM_KINDS:
-        raise ValueError(f"norm={norm!r} is not supported; use one of {list(NORM_KINDS)}")
+        raise ValueError(f"{knob}={norm!r} is not supported; use one of {list(NORM_KINDS)}")
     return norm
 
 

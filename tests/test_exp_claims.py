@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from analysis.experiments import _shared as shared
 from analysis.experiments import aux_heads as ah
@@ -210,27 +209,6 @@ def test_a_second_run_runs_nothing_new(tiny_runs, monkeypatch, name):
     monkeypatch.setattr(module, "run_point", must_not_run)
     again = module.run(TINY[name], results_dir=folder, progress=False)
     pd.testing.assert_frame_equal(again, frame)
-
-
-# ================================================================================================ the heads
-def test_set_head_norm_strips_and_adds_bn_only_in_the_heads():
-    from inception_models import create_model
-
-    plain = ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True), "none")
-    for head in ah.aux_heads_of(plain):
-        assert isinstance(head.conv.bn, nn.Identity) and head.conv.conv.bias is not None
-    assert isinstance(plain.conv1.bn, nn.BatchNorm2d)  # the body keeps its BN
-    with_bn = ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True), "bn")
-    for head in ah.aux_heads_of(with_bn):
-        assert isinstance(head.fc1[1], nn.BatchNorm1d) and isinstance(head.conv.bn, nn.BatchNorm2d)
-    out = with_bn.train()(torch.randn(4, 3, 32, 32))
-    assert out.logits.shape == (4, 10) and [a.shape for a in out.aux_logits] == [(4, 10), (4, 10)]
-    v3 = ah.set_head_norm(create_model("inception_v3", num_classes=10, width_mult=0.0625, aux_logits=True), "none")
-    assert all(isinstance(b.bn, nn.Identity) for b in (v3.aux_head.conv0, v3.aux_head.conv1))
-    with pytest.raises(ValueError, match="aux_logits=True"):
-        ah.set_head_norm(create_model("googlenet", num_classes=10, width_mult=0.0625), "bn")
-    with pytest.raises(ValueError, match="head norm"):
-        ah.set_head_norm(plain, "ln")
 
 
 # ================================================================================================ verdicts

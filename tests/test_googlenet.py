@@ -338,3 +338,23 @@ def test_paper_minimum_sizes_and_backward():
         no_aux.min_input_size = 1
         with pytest.raises(RuntimeError):
             no_aux(torch.randn(1, 3, 30, 30))
+
+
+def test_aux_norm_sets_the_heads_normalisation_apart_from_the_body():
+    counts = {norm: n_params(create_model("googlenet", aux_logits=True, aux_norm=norm)) for norm in (None, "none", "bn")}
+    # "none": each head's 1x1 conv trades its BN (2 x 128) for a bias (128); "bn": BatchNorm1d(1024) after fc1.
+    assert counts == {None: 13_004_888, "none": 13_004_888 - 2 * 128, "bn": 13_004_888 + 2 * 2 * 1024}
+    # The paper's net has no BN in the body: "bn" gives the heads alone BN (conv bias dropped) and the FC's BN.
+    assert n_params(create_model("googlenet_paper", aux_norm="bn")) == 13_378_280 + 2 * (128 + 2 * 1024)
+    model = create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True, aux_norm="bn")
+    assert isinstance(model.conv1.bn, nn.BatchNorm2d)
+    for head in (model.aux1, model.aux2):
+        assert isinstance(head.conv.bn, nn.BatchNorm2d) and isinstance(head.fc1_norm, nn.BatchNorm1d)
+    out = model.train()(torch.randn(4, 3, 32, 32))
+    assert out.logits.shape == (4, 10) and [a.shape for a in out.aux_logits] == [(4, 10), (4, 10)]
+    plain = create_model("googlenet", num_classes=10, width_mult=0.0625, aux_logits=True, aux_norm="none")
+    assert isinstance(plain.aux1.conv.bn, nn.Identity) and plain.aux1.conv.conv.bias is not None
+    assert isinstance(plain.conv1.bn, nn.BatchNorm2d)  # the body keeps its BN
+    with pytest.raises(ValueError, match="aux_norm='ln' is not supported"):
+        create_model("googlenet", aux_norm="ln")
+

@@ -244,3 +244,12 @@ def test_aux_head_is_the_papers_side_head():
     small = create_model("inception_v3", aux_logits=True, num_classes=10, width_mult=0.25)
     stds = [small.aux_head.fc.weight.std(), small.aux_head.conv1.conv.weight.std(), small.fc.weight.std()]
     assert 0.0005 < stds[0] < 0.002 < 0.005 < stds[1] < 0.02 < 0.05 < stds[2] < 0.2
+
+
+def test_aux_norm_none_strips_bn_from_the_aux_head_only():
+    # The head's two convs (128 and 768 wide) trade BN (2 params per channel) for a bias (1 per channel).
+    assert n_params(create_model("inception_v3", aux_logits=True, aux_norm="none")) == 27_161_264 - (128 + 768)
+    model = create_model("inception_v3", num_classes=10, width_mult=0.0625, aux_logits=True, aux_norm="none")
+    assert all(isinstance(b.bn, nn.Identity) for b in (model.aux_head.conv0, model.aux_head.conv1))
+    assert isinstance(model.stem[0].bn, nn.BatchNorm2d)
+

@@ -18,8 +18,8 @@ Arms (the body is the same in all of them, with BN):
   (the Inception-v3 paper's "BN-auxiliary": "the fully connected layer of the auxiliary classifier is also
   batch-normalized, not just the convolutions").
 
-The model builders have no knob for the heads' normalisation apart from the body's (``norm`` sets both), so
-:func:`set_head_norm` edits the built heads in place (see the module's report for the knob asked for).
+The arms differ by the builders' ``aux_logits`` and ``aux_norm`` knobs alone (``aux_norm`` sets the heads'
+normalisation apart from the body's).
 
 Measured: the main head's training loss (the trainer's loss adds 0.3 x each head's), training and validation
 accuracy of the main head against steps, the final validation accuracy and the train-minus-validation gap, and
@@ -45,7 +45,7 @@ from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = ["CONFIGS", "ARMS", "LOWER_LAYERS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS",
-           "set_head_norm", "aux_heads_of", "MainHeadLoss", "GradientReach", "make_points", "run_point", "run",
+           "aux_heads_of", "MainHeadLoss", "GradientReach", "make_points", "run_point", "run",
            "per_seed", "summarise", "verdict", "section"]
 
 NAME = "aux_heads"
@@ -147,37 +147,6 @@ def aux_heads_of(model: nn.Module) -> list[nn.Module]:
     return [head for name in ("aux1", "aux2", "aux_head") if (head := getattr(model, name, None)) is not None]
 
 
-def set_head_norm(model: nn.Module, norm: str, *, eps: float = 1e-3) -> nn.Module:
-    """Give the auxiliary heads of ``model`` batch norm on every layer (``"bn"``) or none (``"none"``), leaving
-    the body alone; returns the model, edited in place.
-
-    ``"none"``: every conv-BN-ReLU of a head loses its BN and gets a zero-initialised bias, as a conv built with
-    ``norm="none"`` has. ``"bn"``: every head conv gets BN if it lacks it, and a hidden fully connected layer
-    (GoogLeNet's ``fc1``, before its ReLU) is followed by ``BatchNorm1d``: the Inception-v3 paper's
-    BN-auxiliary. Inception-v3's head has no hidden FC (its 5x5 conv plays that part and is covered).
-    """
-    from inception_models.layers import ConvNormAct
-
-    if norm not in ("bn", "none"):
-        raise ValueError(f"head norm {norm!r} is not supported; use 'bn' or 'none'")
-    heads = aux_heads_of(model)
-    if not heads:
-        raise ValueError(f"{type(model).__name__} has no auxiliary heads; build it with aux_logits=True")
-    for head in heads:
-        for block in [m for m in head.modules() if isinstance(m, ConvNormAct)]:
-            conv = block.conv
-            if norm == "none" and isinstance(block.bn, nn.BatchNorm2d):
-                block.bn = nn.Identity()
-                if conv.bias is None:
-                    conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
-            elif norm == "bn" and not isinstance(block.bn, nn.BatchNorm2d):
-                block.bn = nn.BatchNorm2d(conv.out_channels, eps=eps).to(conv.weight.device)
-        fc1 = getattr(head, "fc1", None)
-        if norm == "bn" and isinstance(fc1, nn.Linear):
-            head.fc1 = nn.Sequential(fc1, nn.BatchNorm1d(fc1.out_features, eps=eps).to(fc1.weight.device))
-    return model
-
-
 class MainHeadLoss(nn.Module):
     """The trainer's criterion, unchanged, that also keeps the main head's plain cross-entropy of the last call
     (``last_main``): with aux heads on, the trainer's loss is main + weight x each head's."""
@@ -255,10 +224,9 @@ def build_model(point: dict[str, Any]) -> nn.Module:
     from inception_models import create_model
 
     heads = point["arm"] != "no_heads"
+    knobs = {"aux_norm": HEAD_NORM[point["arm"]]} if heads else {}
     model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], aux_logits=heads,
-                         drop_rate=point["drop_rate"])
-    if heads:
-        set_head_norm(model, HEAD_NORM[point["arm"]])
+                         drop_rate=point["drop_rate"], **knobs)
     if point["init"] == "pytorch":
         # Body and main classifier first, from the seed, then the heads: every arm of a seed starts from the
         # same body, so the arms differ by their heads alone.
