@@ -1,10 +1,13 @@
 """Is the embedded synthetic data set learnable, and not trivially so?
 
-    python benchmarks/learnability.py --threads 2 --time-limit 300          # small_inception, then the probes
+    python benchmarks/learnability.py                 # 2 threads, 5 minutes of training, then the probes
 
 Trains ``small_inception`` (BN, default knobs) on :func:`analysis.data.make_synthetic` at 32x32 with a minimal
-loop of its own (SGD, momentum 0.9, batch ``--batch-size``, linear warm-up then cosine decay over ``--steps``, no
-augmentation) and evaluates top-1 on the validation split every ``--eval-every`` steps. Training time is the
+loop of its own (SGD, lr 0.05, momentum 0.9, Nesterov, weight decay 5e-4, batch 64, channels_last, linear
+warm-up then cosine decay over 290 steps, no augmentation: 1.9 epochs of the 10,000 training images) and
+evaluates top-1 on the validation split every ``--eval-every`` steps. The recipe was picked by measurement:
+at batch 128 (145 steps in the same time) lr 0.1 was unstable (69% to 96% depending on the schedule length)
+and lr 0.05 ended at 91% for seed 1, too close to the 90% the issue asks for; batch 64 ended at 93-95%. Training time is the
 wall time of the training steps alone (evaluation excluded) and is reported beside the step count, since a
 shared machine's step time says more about the machine than about the data. The run stops at ``--steps`` or
 when the training time passes ``--time-limit``.
@@ -121,15 +124,15 @@ def probes(args: argparse.Namespace) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=140)
+    parser.add_argument("--steps", type=int, default=290)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds of training (evaluation excluded)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-n", type=int, default=10_000)
     parser.add_argument("--val-n", type=int, default=2_000)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
