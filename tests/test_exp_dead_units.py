@@ -15,6 +15,8 @@ from analysis.sweep import point_id
 # Two points' worth of a model that still has the wide 1x1 last stage: one A/B/C block each, 1/16 width.
 TINY = {
     **du.CONFIGS["quick"],
+    "variants": ("v2",),
+    "lrs": (0.1,),
     "widths": (24,),
     "scales": (1.0,),
     "seeds": 1,
@@ -35,11 +37,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------------------ config
 def test_quick_points_cover_widths_scales_control_and_seeds():
     points = du.make_points(du.CONFIGS["quick"])
-    assert len(points) == 2 * (2 + 1) * 2  # widths x (scales + control) x seeds
+    assert len(points) == 2 * 2 * (3 + 1) * 2 * 2  # variants x widths x (scales + control) x lrs x seeds
     control = [p for p in points if not p["residual"]]
-    assert len(control) == 4 and all(p["scale"] is None for p in control)
+    assert len(control) == 16 and all(p["scale"] is None for p in control)
     assert {p["width"] for p in points} == {256, 1536}
-    assert {p["model"] for p in points} == {"inception_resnet_v2_paper"}
+    assert {p["lr"] for p in points} == {0.045, 0.1}
+    assert {p["model"] for p in points} == {"inception_resnet_v1_paper", "inception_resnet_v2_paper"}
     assert len({point_id(p) for p in points}) == len(points)
 
 
@@ -119,12 +122,13 @@ def test_summarise_final_max_first_dead_step_and_died():
     assert second["max_dead_fraction"] == 0.7 and second["steps_run"] == 15
 
 
-def _summary(cells: dict[tuple[int, str], list[float]], diverged: tuple[tuple[int, str], ...] = ()) -> pd.DataFrame:
+def _summary(cells: dict[tuple[int, str], list[float]], diverged: tuple[tuple[int, str], ...] = (),
+             lr: float = 0.1) -> pd.DataFrame:
     """A hand-made summary: for each (width, scale label) the final dead fraction of each seed."""
     rows = []
     for (width, label), finals in cells.items():
         for seed, final in enumerate(finals):
-            rows.append({"variant": "v2", "width": width, "scale_label": label, "lr": 0.1, "seed": seed,
+            rows.append({"variant": "v2", "width": width, "scale_label": label, "lr": lr, "seed": seed,
                          "steps_run": 60, "final_dead_fraction": final, "diverged": (width, label) in diverged,
                          "died": final >= 0.5})
     return pd.DataFrame(rows)
@@ -154,6 +158,20 @@ def test_verdict_does_not_show_when_scaling_does_not_help_or_control_dies_too():
 def test_verdict_inconclusive_when_seeds_spread_more_than_the_effect():
     summary = _summary({(1536, "1"): [0.9, 0.1, 0.2], (1536, "0.1"): [0.8, 0.0, 0.1]})
     assert du.verdict(summary).startswith("inconclusive: spread over seeds")
+
+
+def test_verdict_judges_each_learning_rate_apart():
+    # Pooled, 2 of 4 unscaled and 1 of 4 scaled runs died: "inconclusive". Per rate, lr 0.1 shows cleanly and
+    # at lr 0.045 nothing died, which the verdict names as the rate preventing death.
+    high = _summary({(1536, "1"): [0.95, 0.9], (1536, "0.1"): [0.0, 0.05], (1536, du.NO_RESIDUAL): [0.2, 0.3]})
+    low = _summary({(1536, "1"): [0.1, 0.0], (1536, "0.1"): [0.0, 0.0], (1536, du.NO_RESIDUAL): [0.1, 0.0]},
+                   lr=0.045)
+    text = du.verdict(pd.concat([low, high], ignore_index=True))
+    assert text.startswith("shows: lr 0.045: no wide residual point died")
+    assert "lr 0.1: shows (death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00" in text
+    assert "at lr 0.045 nothing wide died, so lowering the rate prevented death here" in text
+    scaled_die = _summary({(1536, "1"): [1.0, 1.0], (1536, "0.1"): [0.9, 1.0]}, lr=0.045)
+    assert du.verdict(pd.concat([scaled_die, high], ignore_index=True)).startswith("does not show")
 
 
 def test_verdict_inconclusive_without_the_needed_arms_and_rejects_empty():

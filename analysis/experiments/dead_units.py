@@ -58,15 +58,15 @@ PAPER_WIDTH_LIMIT = 1000
 CHANCE = 0.1  # ten synthetic classes
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, minutes: v2 blocks only, one narrow and one wide last stage, unscaled vs the paper's smallest
-    # scale, the paper's RMSProp at one learning rate high enough to strain it (0.1; the paper's 0.045 and 0.02
-    # killed nothing within 60 steps when tried), the no-shortcut control at both widths, two seeds. At 75 px the
-    # 8x8 stage is a 1x1 grid, so "dead" means: zero for every sample of the window. 12 runs of 60 steps.
+    # 2 CPU cores, minutes: v1 and v2 blocks, one narrow and one wide last stage, unscaled vs two of the paper's
+    # scales, the paper's RMSProp at its learning rate (0.045) and at one high enough to strain it (0.1), the
+    # no-shortcut control at both widths, two seeds. At 75 px the 8x8 stage is a 1x1 grid, so "dead" means: zero
+    # for every sample of the window. 64 runs of 60 steps, about 4 CPU-seconds each (two one-thread workers).
     "quick": dict(
-        variants=("v2",),
+        variants=("v1", "v2"),
         widths=(256, 1536),
-        scales=(1.0, 0.1),
-        lrs=(0.1,),
+        scales=(1.0, 0.3, 0.1),
+        lrs=(0.045, 0.1),
         control=True,
         seed=0,
         seeds=2,
@@ -275,17 +275,9 @@ def _mean_dead(frame: pd.DataFrame) -> float:
     return float(frame["final_dead_fraction"].mean()) if len(frame) else math.nan
 
 
-def verdict(summary: pd.DataFrame, *, wide_above: int = PAPER_WIDTH_LIMIT, small_scales: float = 0.3) -> str:
-    """The answer from a :func:`summarise` table: does the pre-pool layer of wide (> ``wide_above`` filters)
-    residual nets die with unscaled residuals (scale 1.0), and do scales <= ``small_scales`` prevent it?
-
-    "shows" needs: some wide unscaled point died; wide scaled points died less often; the wide no-residual
-    control died less often than wide unscaled. With more than one seed per cell, rates strictly between 0 and 1
-    on both sides with a gap under 0.5 make it "inconclusive". Nothing dead anywhere is "does not show"
-    (the run may be too short for death to appear at all, which the verdict says).
-    """
-    if summary.empty:
-        raise ValueError("verdict needs at least one summarised point")
+def _judge(summary: pd.DataFrame, wide_above: int, small_scales: float) -> tuple[str, str]:
+    """The rule of :func:`verdict` on the points of one learning rate: ``(word, rates)``; the word is "" when
+    no wide residual point died at that rate (nothing to judge there)."""
     residual = summary["scale_label"] != NO_RESIDUAL
     scale = pd.to_numeric(summary["scale_label"].where(residual), errors="coerce")
     wide = summary["width"] > wide_above
@@ -293,29 +285,69 @@ def verdict(summary: pd.DataFrame, *, wide_above: int = PAPER_WIDTH_LIMIT, small
     scaled = summary[residual & wide & (scale <= small_scales)]
     control = summary[~residual & wide]
     narrow = summary[residual & ~wide & (scale == 1.0)]
-    died = int(summary["died"].sum())
-    diverged = int(summary["diverged"].sum())
-    steps = int(summary["steps_run"].max())
-    max_dead = float(summary["final_dead_fraction"].max()) if summary["final_dead_fraction"].notna().any() else 0.0
-    notes = f"{died} of {len(summary)} points died, {diverged} diverged, within {steps} steps"
-    if unscaled.empty or scaled.empty:
-        return (f"inconclusive: the sweep lacks wide (> {wide_above} filters) points with scale 1.0 and with "
-                f"scale <= {small_scales}; {notes}")
-    if died == 0:
-        return (f"does not show at this scale: no pre-pool layer died (largest final dead fraction "
-                f"{max_dead:.2f}; {notes}); the run is too short or too small for the paper's symptom to appear")
     r_unscaled, r_scaled, r_control = _rate(unscaled), _rate(scaled), _rate(control)
     rates = (f"death rate of wide unscaled {r_unscaled:.2f}, wide scaled (<= {small_scales}) {r_scaled:.2f}, "
              f"wide no-residual {r_control:.2f}, narrow unscaled {_rate(narrow):.2f}; mean final dead fraction "
              f"{_mean_dead(unscaled):.2f}, {_mean_dead(scaled):.2f}, {_mean_dead(control):.2f}, "
              f"{_mean_dead(narrow):.2f}")
+    if not r_unscaled > 0 and not r_scaled > 0:
+        return "", rates
     several_seeds = summary.groupby(["variant", "width", "scale_label", "lr"]).size().max() > 1
     if several_seeds and 0 < r_unscaled < 1 and 0 < r_scaled < 1 and r_unscaled - r_scaled < 0.5:
-        return f"inconclusive: spread over seeds larger than the effect ({rates}; {notes})"
+        return INCONCLUSIVE_SPREAD, rates
     control_ok = control.empty or r_control < r_unscaled
     if r_unscaled > 0 and r_scaled < r_unscaled and control_ok:
-        return f"shows: {rates}; {notes}"
-    return f"does not show: deaths do not follow the claimed pattern ({rates}; {notes})"
+        return "shows", rates
+    return DOES_NOT_FOLLOW, rates
+
+
+INCONCLUSIVE_SPREAD = "inconclusive: spread over seeds larger than the effect"
+DOES_NOT_FOLLOW = "does not show: deaths do not follow the claimed pattern"
+
+
+def verdict(summary: pd.DataFrame, *, wide_above: int = PAPER_WIDTH_LIMIT, small_scales: float = 0.3) -> str:
+    """The answer from a :func:`summarise` table: does the pre-pool layer of wide (> ``wide_above`` filters)
+    residual nets die with unscaled residuals (scale 1.0), and do scales <= ``small_scales`` prevent it?
+
+    Judged at each learning rate apart (pooling rates would mix a rate at which nothing dies into the death
+    rates). At a rate, "shows" needs: some wide unscaled point died; wide scaled points died less often; the
+    wide no-residual control died less often than wide unscaled. With more than one seed per cell, rates
+    strictly between 0 and 1 on both sides with a gap under 0.5 make it "inconclusive". A rate at which no wide
+    residual point died says nothing either way. The headline is "does not show" if any rate does not,
+    "inconclusive" if any rate is, "shows" otherwise; nothing dead anywhere is "does not show" (the run may be
+    too short for death to appear at all, which the verdict says).
+    """
+    if summary.empty:
+        raise ValueError("verdict needs at least one summarised point")
+    residual = summary["scale_label"] != NO_RESIDUAL
+    scale = pd.to_numeric(summary["scale_label"].where(residual), errors="coerce")
+    wide = summary["width"] > wide_above
+    died = int(summary["died"].sum())
+    diverged = int(summary["diverged"].sum())
+    steps = int(summary["steps_run"].max())
+    max_dead = float(summary["final_dead_fraction"].max()) if summary["final_dead_fraction"].notna().any() else 0.0
+    notes = f"{died} of {len(summary)} points died, {diverged} diverged, within {steps} steps"
+    if not (residual & wide & (scale == 1.0)).any() or not (residual & wide & (scale <= small_scales)).any():
+        return (f"inconclusive: the sweep lacks wide (> {wide_above} filters) points with scale 1.0 and with "
+                f"scale <= {small_scales}; {notes}")
+    if died == 0:
+        return (f"does not show at this scale: no pre-pool layer died (largest final dead fraction "
+                f"{max_dead:.2f}; {notes}); the run is too short or too small for the paper's symptom to appear")
+    lrs = sorted(summary["lr"].unique())
+    judged = {lr: _judge(summary[summary["lr"] == lr], wide_above, small_scales) for lr in lrs}
+    if len(lrs) == 1:
+        word, rates = judged[lrs[0]]
+        return f"{word or DOES_NOT_FOLLOW}: {rates}; {notes}"
+    words = [word for word, _ in judged.values() if word]
+    head = (DOES_NOT_FOLLOW if DOES_NOT_FOLLOW in words or not words else
+            INCONCLUSIVE_SPREAD if INCONCLUSIVE_SPREAD in words else "shows")
+    parts = [f"lr {lr:g}: {word.split(':')[0] if word else 'no wide residual point died'} ({rates})"
+             for lr, (word, rates) in judged.items()]
+    quiet = [f"{lr:g}" for lr, (word, _) in judged.items() if not word]
+    if quiet and words:
+        parts.append(f"at lr {', '.join(quiet)} nothing wide died, so lowering the rate prevented death here "
+                     "(the paper: it did not)")
+    return f"{head}: " + "; ".join(parts) + f"; {notes}"
 
 
 def _curve_figure(curves: pd.DataFrame, variant: str) -> Any:
