@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.callbacks import Callback
 from analysis.sweep import pending_points, point_id, read_results, run_sweep
 
 __all__ = [
@@ -120,7 +121,7 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class CpuClock:
+class CpuClock(Callback):
     """A trainer callback adding ``cpu_s``, this process's CPU seconds since the start of training, to every
     logged training row: on a shared machine CPU time measures a run's cost where wall time measures the load."""
 
@@ -131,15 +132,9 @@ class CpuClock:
     def on_train_start(self, trainer: Any) -> None:
         self._start = time.process_time()
 
-    def on_after_backward(self, trainer: Any, batch: Any, loss: Any) -> None:
-        pass
-
     def on_step_end(self, trainer: Any, batch: Any, loss: Any) -> None:
         if trainer.step % self.log_every == 0 or trainer.step >= trainer.total_steps:
             trainer.log_metrics({"cpu_s": time.process_time() - self._start})
-
-    def on_train_end(self, trainer: Any) -> None:
-        pass
 
 
 def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str) -> None:

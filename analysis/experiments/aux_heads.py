@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analysis.callbacks import Callback
 from analysis.experiments import _shared as shared
 from analysis.experiments import default_results_dir
 from analysis.report import Figure, Section, Table
@@ -164,7 +165,7 @@ class MainHeadLoss(nn.Module):
         return self.criterion(outputs, targets)
 
 
-class GradientReach:
+class GradientReach(Callback):
     """A trainer callback: at every logged step, the L2 norm of the gradient of the parameters of ``lower``
     (module names: the layers below the first head's tap) and of ``first`` (the first conv), and the main
     head's loss from a :class:`MainHeadLoss` criterion."""
@@ -179,21 +180,12 @@ class GradientReach:
         grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else math.nan
 
-    def on_train_start(self, trainer: Any) -> None:
-        pass
-
     def on_after_backward(self, trainer: Any, batch: Any, loss: Any) -> None:
         step = trainer.step + 1  # the step whose row this is
         if step % self.log_every == 0 or step >= trainer.total_steps:
             criterion = trainer.criterion
             trainer.log_metrics({"grad_norm_lower": self._norm(self.lower), "grad_norm_first": self._norm(self.first),
                                  "main_loss": getattr(criterion, "last_main", math.nan)})
-
-    def on_step_end(self, trainer: Any, batch: Any, loss: Any) -> None:
-        pass
-
-    def on_train_end(self, trainer: Any) -> None:
-        pass
 
 
 # ------------------------------------------------------------------------------------------------- running

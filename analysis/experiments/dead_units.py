@@ -55,7 +55,6 @@ NO_RESIDUAL = "no residual"
 
 # The paper saw trouble only above this many filters in the last stage.
 PAPER_WIDTH_LIMIT = 1000
-CHANCE = 0.1  # ten synthetic classes
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # 2 CPU cores, minutes: v1 and v2 blocks, one narrow and one wide last stage, unscaled vs two of the paper's
@@ -275,16 +274,20 @@ def _mean_dead(frame: pd.DataFrame) -> float:
     return float(frame["final_dead_fraction"].mean()) if len(frame) else math.nan
 
 
-def _judge(summary: pd.DataFrame, wide_above: int, small_scales: float) -> tuple[str, str]:
-    """The rule of :func:`verdict` on the points of one learning rate: ``(word, rates)``; the word is "" when
-    no wide residual point died at that rate (nothing to judge there)."""
+def _arms(summary: pd.DataFrame, wide_above: int, small_scales: float) -> tuple[pd.DataFrame, ...]:
+    """The points the claim compares: wide unscaled, wide scaled (<= ``small_scales``), wide no-residual
+    control, narrow unscaled."""
     residual = summary["scale_label"] != NO_RESIDUAL
     scale = pd.to_numeric(summary["scale_label"].where(residual), errors="coerce")
     wide = summary["width"] > wide_above
-    unscaled = summary[residual & wide & (scale == 1.0)]
-    scaled = summary[residual & wide & (scale <= small_scales)]
-    control = summary[~residual & wide]
-    narrow = summary[residual & ~wide & (scale == 1.0)]
+    return (summary[residual & wide & (scale == 1.0)], summary[residual & wide & (scale <= small_scales)],
+            summary[~residual & wide], summary[residual & ~wide & (scale == 1.0)])
+
+
+def _judge(summary: pd.DataFrame, wide_above: int, small_scales: float) -> tuple[str, str]:
+    """The rule of :func:`verdict` on the points of one learning rate: ``(word, rates)``; the word is "" when
+    no wide residual point died at that rate (nothing to judge there)."""
+    unscaled, scaled, control, narrow = _arms(summary, wide_above, small_scales)
     r_unscaled, r_scaled, r_control = _rate(unscaled), _rate(scaled), _rate(control)
     rates = (f"death rate of wide unscaled {r_unscaled:.2f}, wide scaled (<= {small_scales}) {r_scaled:.2f}, "
              f"wide no-residual {r_control:.2f}, narrow unscaled {_rate(narrow):.2f}; mean final dead fraction "
@@ -319,15 +322,13 @@ def verdict(summary: pd.DataFrame, *, wide_above: int = PAPER_WIDTH_LIMIT, small
     """
     if summary.empty:
         raise ValueError("verdict needs at least one summarised point")
-    residual = summary["scale_label"] != NO_RESIDUAL
-    scale = pd.to_numeric(summary["scale_label"].where(residual), errors="coerce")
-    wide = summary["width"] > wide_above
+    unscaled, scaled, _, _ = _arms(summary, wide_above, small_scales)
     died = int(summary["died"].sum())
     diverged = int(summary["diverged"].sum())
     steps = int(summary["steps_run"].max())
     max_dead = float(summary["final_dead_fraction"].max()) if summary["final_dead_fraction"].notna().any() else 0.0
     notes = f"{died} of {len(summary)} points died, {diverged} diverged, within {steps} steps"
-    if not (residual & wide & (scale == 1.0)).any() or not (residual & wide & (scale <= small_scales)).any():
+    if unscaled.empty or scaled.empty:
         return (f"inconclusive: the sweep lacks wide (> {wide_above} filters) points with scale 1.0 and with "
                 f"scale <= {small_scales}; {notes}")
     if died == 0:
@@ -394,9 +395,9 @@ def section(mode: str, seed: int) -> Section:
         f"{config['monitor_every']} training steps ({samples} samples, BN in train mode); the eval column uses BN "
         f"running statistics on {config['n_val']} validation images. A point 'died' when its last window's dead "
         f"fraction is >= {config['dead_level']}. Diverged runs (NaN loss) are results, blank in the map. "
-        f"Best validation accuracy over the points: {best:.2f} (chance {CHANCE:.2f})."
+        f"Best validation accuracy over the points: {best:.2f} (chance {shared.CHANCE:.2f})."
     )
-    if not best > 2 * CHANCE:
+    if not best > 2 * shared.CHANCE:
         text += (" No point learned the task beyond chance, so this run shows whether the layer dies early under a "
                  "high learning rate, not whether a net that learns dies later, as the paper's did after tens of "
                  "thousands of iterations.")

@@ -80,8 +80,7 @@ __all__ = [
 ]
 
 NAME = "smoothness"
-NUM_CLASSES = 10
-CHANCE_LOSS = math.log(NUM_CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
+CHANCE_LOSS = math.log(shared.CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
 
 # variant -> (norm knob, noise after BN)
 VARIANTS: dict[str, tuple[str, bool]] = {"bn": ("bn", False), "none": ("none", False), "noisy_bn": ("bn", True)}
@@ -371,7 +370,7 @@ def _build_model(point: dict[str, Any], train_images: torch.Tensor) -> nn.Module
     from inception_models import create_model
 
     torch.manual_seed(point["seed"])
-    model = create_model(point["model"], num_classes=NUM_CLASSES, norm=point["norm"],
+    model = create_model(point["model"], num_classes=shared.CLASSES, norm=point["norm"],
                          width_mult=point["width_mult"])
     if point["init"] == "he":
         he_init(model)
