@@ -70,6 +70,7 @@ def test_train_then_resume_equals_the_uninterrupted_run(monkeypatch, capsys, tmp
         assert torch.equal(final[name], value), name
 
 
+@pytest.mark.slow  # three interpreter starts: a few seconds on 2 idle cores
 def test_the_installed_script_trains_resumes_and_refuses_bad_input(tmp_path):
     script = shutil.which("inception-lab", path=str(Path(sys.executable).parent)) or shutil.which("inception-lab")
     assert script, "the inception-lab console script is not installed: pip install -e '.[dev]'"
@@ -106,6 +107,7 @@ def test_a_diverging_run_exits_2_and_keeps_the_last_good_checkpoint(monkeypatch,
 
 
 # ------------------------------------------------------------------------------------------------ report
+@pytest.mark.slow  # fvcore counts eight whole models (the undo table): a few seconds on 2 idle cores
 def test_report_writes_only_the_requested_section(monkeypatch, capsys, tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "report", "--section", "factorization", "--out", str(tmp_path / "rep"))
     assert code == 0, err
@@ -122,6 +124,7 @@ def test_report_writes_only_the_requested_section(monkeypatch, capsys, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- factorize
+@pytest.mark.slow  # fvcore counts eight whole models: a few seconds on 2 idle cores
 def test_factorize_whole_model_counts_each_undone_factorization(monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "factorize", "--whole-model", "--format", "csv")
     assert code == 0, err
