@@ -226,7 +226,9 @@ def experiment(
     from analysis.experiments import default_results_dir, load_experiment, resolve_config
 
     module = load_experiment(name)
-    cfg = resolve_config(module, config, seed=seed) if "seed" in module.CONFIGS[config] else resolve_config(module, config)
+    cfg = resolve_config(module, config)  # an unknown config is a ValueError naming the known ones
+    if "seed" in cfg:
+        cfg["seed"] = seed
     folder = results_dir or default_results_dir(name, config, seed)
     _emit(module.run(cfg, results_dir=folder), fmt, title=f"{name} ({config}, seed {seed}); results in {folder}")
 

@@ -442,13 +442,26 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a trainer checkpoint (``model``, ``optimizer``, ``scaler``, ``scheduler``, ``step``, ``rng``, ...)."""
+    """Read a trainer checkpoint (``model``, ``optimizer``, ``scaler``, ``scheduler``, ``step``, ``rng``, ...).
+
+    A missing file raises ``FileNotFoundError``; a truncated or corrupt one, or one without a ``model`` entry,
+    a ``ValueError`` naming the path.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file (zip, pickle, EOF errors): one clear error
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ValueError(f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); the file is truncated "
+                         "or corrupt: delete it, or resume from an earlier copy") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a trainer checkpoint (no 'model' entry); a plain state dict is read with "
+                         "create_model(name, weights=PATH), or `--weights PATH` on the command line")
+    return state
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""What the model-zoo tests share: parameter counts, MAC counting and the reference-parity helpers.
+"""What the tests share: parameter counts, MAC counting, the reference-parity helpers, and a CLI runner.
 
 The parity tests copy a torchvision/timm state dict onto our model by order and compare logits; for that to
 catch a mis-ordered copy, the reference's BN layers first get real statistics and distinct affine values
@@ -7,6 +7,7 @@ catch a mis-ordered copy, the reference's BN layers first get real statistics an
 
 from __future__ import annotations
 
+import sys
 from typing import Iterable, NamedTuple
 
 import torch
@@ -92,3 +93,17 @@ def macs_and_grids(
         for h in hooks:
             h.remove()
     return Measured(macs, grids, output)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """``inception-lab ARGS`` through the console entry point in this process: (exit code, stdout, stderr)."""
+    from analysis.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["inception-lab", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

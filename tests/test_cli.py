@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 
 import pandas as pd
 import pytest
 
-from analysis.cli import main, parse_knobs, parse_range
+from analysis.cli import parse_knobs, parse_range
+from helpers import run_cli as run
 from inception_models import list_models
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["inception-lab", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_models_lists_every_model_with_its_reference_count(monkeypatch, capsys):

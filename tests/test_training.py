@@ -329,17 +329,28 @@ def test_torch_compile_matches_eager():
 
 # ------------------------------------------------------------------------------ the zoo and the CLI entry
 def test_train_from_cli_trains_a_registry_model_on_synthetic_shapes_and_resumes(tmp_path):
-    options = dict(out=tmp_path, batch_size=4, n_train=16, n_val=8, log_every=1, device="cpu", progress=False,
-                   model_kwargs={"width_mult": 0.25})
-    first = train_from_cli("small_inception", "shapes", steps=2, **options)
+    options = dict(batch_size=4, n_train=16, n_val=8, log_every=1, device="cpu", progress=False,
+                   model_kwargs={"width_mult": 0.25, "drop_rate": 0.3})  # dropout: the RNG must resume too
+    run = tmp_path / "run"
+    first = train_from_cli("small_inception", "shapes", steps=2, out=run, **options)
     assert first["split"].tolist() == ["train", "train", "val"]
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_kwargs"] == {"width_mult": 0.25, "num_classes": 10}  # from the data set
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_kwargs"] == {"width_mult": 0.25, "drop_rate": 0.3, "num_classes": 10}  # classes: the data
     assert config["steps_per_epoch"] == 4
-    both = train_from_cli("small_inception", "shapes", steps=3, resume=True, **options)
-    assert both["step"].tolist() == [1, 2, 2, 3, 3]
+    both = train_from_cli("small_inception", "shapes", steps=6, resume=True, out=run, **options)
+    assert both["step"].tolist() == [1, 2, 2, 3, 4, 5, 6, 6]
     assert both["loss"].iloc[:3].tolist() == first["loss"].tolist()
-    assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 3
+    assert load_checkpoint(run / CHECKPOINT_FILE)["step"] == 6
+
+    # The extended run is the uninterrupted 6-step run, across the epoch boundary at step 4 (bit for bit on the
+    # CPU); only the evaluation that ended the first run at step 2 is extra.
+    uninterrupted = train_from_cli("small_inception", "shapes", steps=6, out=tmp_path / "uninterrupted", **options)
+    columns = ["split", "step", "loss", "accuracy", "lr"]
+    resumed = both.drop(index=2)[columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, uninterrupted[columns], check_exact=True)
+    final, expected = load_checkpoint(run)["model"], load_checkpoint(tmp_path / "uninterrupted")["model"]
+    for name, value in expected.items():
+        assert torch.equal(final[name], value), name
 
 
 # ---------------------------------------------------------------------------------------- DDP on gloo
