@@ -16,10 +16,14 @@ from analysis.experiments import load_experiment, resolve_config
 from analysis.report import Section
 from analysis.sweep import point_id
 
+from helpers import small_inception_params
+
 TINY = {**fg.CONFIGS["quick"], "width_mult": 0.125, "stages": (None, 1), "seeds": 2, "n_train": 32, "n_val": 20,
         "steps": 2, "batch_size": 16, "log_every": 1, "warmup_steps": 0, "workers": 1}
-# small_inception at width 0.125, 10 classes: counted once by hand from the module (3x3 -> 1x3 + 3x1 at stage 1).
-PARAMS = {"none": 26_834, "32x32": 26_434, "16x16": 23_618, "8x8": 20_674}
+# small_inception at width 0.125, 10 classes, counted by hand from the widths of Zhang et al.'s Fig. 3
+# (tests/helpers.py), with the 3x3 branches of one stage factorised to 1x3 + 3x1 (stage 0, 1, 2: grid 32, 16, 8).
+PARAMS = {variant: small_inception_params(width_mult=0.125, factorize_stages=stages)
+          for variant, stages in (("none", ()), ("32x32", (0,)), ("16x16", (1,)), ("8x8", (2,)))}
 
 
 @pytest.fixture(scope="module")

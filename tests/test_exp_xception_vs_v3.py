@@ -13,14 +13,19 @@ from analysis.experiments import _shared as shared
 from analysis.experiments import xception_vs_v3 as xv
 from analysis.report import Section
 
+from helpers import inception_v3_params, xception_params
+
 WIDTH = 0.0625
 TINY = {**xv.CONFIGS["quick"], "seeds": 2, "n_train": 32, "n_val": 20, "steps": 2, "batch_size": 16, "log_every": 1,
         "eval_every": 1, "warmup_steps": 0, "workers": 1,
         "variants": {xv.V3: dict(model="inception_v3", width_mult=WIDTH, drop_rate=0.0),
                      xv.XCEPTION: dict(model="xception", width_mult=WIDTH, middle_blocks=1, mid_activation=False),
                      xv.MID_RELU: dict(model="xception", width_mult=WIDTH, middle_blocks=1, mid_activation=True)}}
-# At 10 classes, counted by hand from the modules: the ReLU between depthwise and pointwise adds no parameters.
-PARAMS = {xv.V3: 88_458, xv.XCEPTION: 44_324, xv.MID_RELU: 44_324}
+# At 10 classes, counted by hand from the layer widths (tests/helpers.py): the ReLU between depthwise and
+# pointwise adds no parameters.
+PARAMS = {xv.V3: inception_v3_params(width_mult=WIDTH, classes=10),
+          xv.XCEPTION: xception_params(width_mult=WIDTH, middle_blocks=1, classes=10),
+          xv.MID_RELU: xception_params(width_mult=WIDTH, middle_blocks=1, classes=10)}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,18 @@ def test_configured_networks_have_matched_parameters(mode):
               for label, spec in variants.items()}
     assert counts[xv.XCEPTION] == counts[xv.MID_RELU]
     assert abs(counts[xv.XCEPTION] / counts[xv.V3] - 1) < xv.CONFIGS[mode]["param_tolerance"]
-    if mode == "quick":
-        assert counts == {xv.V3: 346_830, xv.XCEPTION: 356_425, xv.MID_RELU: 356_425}
+    width = variants[xv.V3]["width_mult"]
+    assert variants[xv.XCEPTION]["width_mult"] == width and variants[xv.XCEPTION]["middle_blocks"] == 8
+    assert counts == {xv.V3: inception_v3_params(width_mult=width, classes=10),
+                      xv.XCEPTION: xception_params(width_mult=width, classes=10),
+                      xv.MID_RELU: xception_params(width_mult=width, classes=10)}
+
+
+def test_the_closed_forms_give_the_reference_ports_at_full_width():
+    """The hand counts behind PARAMS reproduce torchvision's inception_v3 (23,834,568) and timm's legacy_xception
+    (22,855,952) at full width and 1000 classes (shared/REFERENCES.md); at 1/16 width the counts are these."""
+    assert inception_v3_params() == 23_834_568 and xception_params() == 22_855_952
+    assert PARAMS == {xv.V3: 88_458, xv.XCEPTION: 44_324, xv.MID_RELU: 44_324}
 
 
 def test_points_one_per_variant_and_seed():
@@ -98,7 +113,8 @@ def test_summary_columns(tiny_run):
     assert summary["variant"].tolist() == [xv.V3, xv.XCEPTION, xv.MID_RELU]
     assert summary["seeds"].tolist() == [2, 2, 2]
     assert summary["params"].tolist() == [PARAMS[v] for v in summary["variant"]]
-    assert summary["params_vs_v3"].tolist() == pytest.approx([0.0, 44_324 / 88_458 - 1, 44_324 / 88_458 - 1])
+    ratio = PARAMS[xv.XCEPTION] / PARAMS[xv.V3] - 1
+    assert summary["params_vs_v3"].tolist() == pytest.approx([0.0, ratio, ratio])
 
 
 def _frames(accuracies: dict[str, list[float]], params: dict[str, int] | None = None):
