@@ -298,7 +298,8 @@ NAN = math.nan
     (_rs_seeds([100, 120], [300, NAN]), "shows (target validation accuracy 0.300; v2 vs same, no shortcut: shows: "
      f"steps to target 110 vs 450 (effect +340, seed spread 300, 2 seeds), reached 2/2 vs 1/2; {RS_FINAL})"),
     (_rs_seeds([300, 350], [100, 120]), "does not show (target validation accuracy 0.300; v2 vs same, no shortcut: "
-     f"does not show: steps to target 325 vs 110 (effect -215, seed spread 50, 2 seeds), reached 2/2 vs 2/2; {RS_FINAL})"),
+     "does not show: steps to target 325 vs 110 (effect -215, seed spread 50, 2 seeds), reached 2/2 vs 2/2; "
+     f"{RS_FINAL})"),
     (_rs_seeds([100, 400], [200, 300]), "inconclusive: spread over seeds larger than the effect (target validation "
      "accuracy 0.300; v2 vs same, no shortcut: inconclusive: spread over seeds larger than the effect: steps to target "
      f"250 vs 250 (effect +0, seed spread 300, 2 seeds), reached 2/2 vs 2/2; {RS_FINAL})"),
@@ -310,9 +311,9 @@ NAN = math.nan
     # With the paper's pair present, the headline compares against it.
     (pd.concat([_rs_seeds([100, 120], [130, 140]), _rs_seeds([100, 120], [300, 320], other="inception")])
      .drop_duplicates(subset=["arm", "seed"]), "shows (target validation accuracy 0.300; v2 vs Inception (paper "
-     f"pair): shows: steps to target 110 vs 310 (effect +200, seed spread 20, 2 seeds), reached 2/2 vs 2/2; {RS_FINAL}; "
-     "v2 vs same, no shortcut: shows: steps to target 110 vs 135 (effect +25, seed spread 20, 2 seeds), reached 2/2 "
-     f"vs 2/2; {RS_FINAL})"),
+     "pair): shows: steps to target 110 vs 310 (effect +200, seed spread 20, 2 seeds), reached 2/2 vs 2/2; "
+     f"{RS_FINAL}; v2 vs same, no shortcut: shows: steps to target 110 vs 135 (effect +25, seed spread 20, 2 seeds), "
+     f"reached 2/2 vs 2/2; {RS_FINAL})"),
 ], ids=["shows", "does_not_show", "spread", "none_reached", "chance", "paper_pair"])
 def test_residual_speedup_verdicts(seeds, expected):
     assert rs.verdict(seeds, budget=600, n_val=500) == expected
@@ -334,16 +335,17 @@ BS_AT_1X = ("fewer steps at 1x: shows: steps to target BN vs no BN 110 vs 200 (e
             "(BN reached 2/2, diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 0/2, best accuracy 0.100)")
 BS_AT_5X = ("5x usable: shows: steps BN vs no BN 50 vs 200 (effect +150, seed spread 20, 2 seeds) (BN reached 2/2, "
             "diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 1/2, best accuracy 0.100)")
-BS_BOUNDS = "the network without BN never reached the target at any rate, so the step ratios are lower bounds (budget 200)"
+BS_BOUNDS = ("the network without BN never reached the target at any rate, so the step ratios are lower bounds "
+             "(budget 200)")
 
 
 @pytest.mark.parametrize("cells, expected", [
     (BS_GOOD, f"shows (target validation accuracy 0.200; {BS_AT_1X}; {BS_AT_5X}; BN 5x faster than BN 1x: shows (50 "
      f"vs 110 steps); {BS_BOUNDS})"),
-    ({**BS_GOOD, ("bn", 5): [(NAN, True), (NAN, True)]}, f"does not show (target validation accuracy 0.200; {BS_AT_1X}; "
-     "5x usable: does not show: steps BN vs no BN 200 vs 200 (effect +0, seed spread 0, 2 seeds) (BN reached 0/2, "
-     "diverged 2/2, best accuracy 0.100; no BN reached 0/2, diverged 1/2, best accuracy 0.100); BN 5x faster than BN "
-     f"1x: does not show (200 vs 110 steps); {BS_BOUNDS})"),
+    ({**BS_GOOD, ("bn", 5): [(NAN, True), (NAN, True)]}, "does not show (target validation accuracy 0.200; "
+     f"{BS_AT_1X}; 5x usable: does not show: steps BN vs no BN 200 vs 200 (effect +0, seed spread 0, 2 seeds) (BN "
+     "reached 0/2, diverged 2/2, best accuracy 0.100; no BN reached 0/2, diverged 1/2, best accuracy 0.100); BN 5x "
+     f"faster than BN 1x: does not show (200 vs 110 steps); {BS_BOUNDS})"),
     ({**BS_GOOD, ("bn", 1): [(20, False), (190, False)], ("none", 1): [(150, False), (NAN, False)]},
      "inconclusive: spread over seeds larger than the effect (target validation accuracy 0.200; fewer steps at 1x: "
      "inconclusive: spread over seeds larger than the effect: steps to target BN vs no BN 105 vs 175 (effect +70, "
@@ -370,8 +372,8 @@ def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
 
 AH_BN = ("BN in the heads helps: shows: final validation accuracy heads with BN vs without 0.505 vs 0.455 (effect "
          "+0.050, seed spread 0.010, 2 seeds)")
-AH_EARLY = ("no early speed-up (v3 paper): shows (heads not ahead early beyond the seed spread): validation accuracy at "
-            "step 100, heads vs none 0.210 vs 0.205 (effect +0.005, seed spread 0.020, 2 seeds)")
+AH_EARLY = ("no early speed-up (v3 paper): shows (heads not ahead early beyond the seed spread): validation "
+            "accuracy at step 100, heads vs none 0.210 vs 0.205 (effect +0.005, seed spread 0.020, 2 seeds)")
 AH_GRADIENT = "gradient norm below the first head: 2 with heads vs 1 without (x2.00; first conv x1.00)"
 AH_SHOWS = ("shows: final validation accuracy with aux heads, no BN vs without heads 0.455 vs 0.405 (effect +0.050, "
             "seed spread 0.010, 2 seeds)")

@@ -165,9 +165,9 @@ def test_verdict_does_not_show_when_scaling_does_not_help_or_control_dies_too():
 def test_verdict_inconclusive_when_seeds_spread_more_than_the_effect():
     summary = _summary({(1536, "1"): [0.9, 0.1, 0.2], (1536, "0.1"): [0.8, 0.0, 0.1]})
     assert du.verdict(summary) == (
-        "inconclusive: spread over seeds larger than the effect: death rate of wide unscaled 0.33, wide scaled (<= 0.3) "
-        "0.33, wide no-residual nan, narrow unscaled nan; mean final dead fraction 0.40, 0.30, nan, nan; 2 of 6 points "
-        "died, 0 diverged, within 60 steps")
+        "inconclusive: spread over seeds larger than the effect: death rate of wide unscaled 0.33, wide scaled (<= "
+        "0.3) 0.33, wide no-residual nan, narrow unscaled nan; mean final dead fraction 0.40, 0.30, nan, nan; 2 of 6 "
+        "points died, 0 diverged, within 60 steps")
 
 
 def test_verdict_judges_each_learning_rate_apart():
@@ -180,9 +180,9 @@ def test_verdict_judges_each_learning_rate_apart():
                "narrow unscaled nan; mean final dead fraction 0.93, 0.03, 0.25, nan)")
     assert du.verdict(pd.concat([low, high], ignore_index=True)) == (
         "shows: lr 0.045: no wide residual point died (death rate of wide unscaled 0.00, wide scaled (<= 0.3) 0.00, "
-        f"wide no-residual 0.00, narrow unscaled nan; mean final dead fraction 0.05, 0.00, 0.05, nan); {at_high}; at lr "
-        "0.045 nothing wide died, so lowering the rate prevented death here (the paper: it did not); 2 of 12 points "
-        "died, 0 diverged, within 60 steps")
+        "wide no-residual 0.00, narrow unscaled nan; mean final dead fraction 0.05, 0.00, 0.05, nan); "
+        f"{at_high}; at lr 0.045 nothing wide died, so lowering the rate prevented death here (the paper: it did "
+        "not); 2 of 12 points died, 0 diverged, within 60 steps")
     scaled_die = _summary({(1536, "1"): [1.0, 1.0], (1536, "0.1"): [0.9, 1.0]}, lr=0.045)
     assert du.verdict(pd.concat([scaled_die, high], ignore_index=True)) == (
         "does not show: deaths do not follow the claimed pattern: lr 0.045: does not show (death rate of wide unscaled "
@@ -193,8 +193,8 @@ def test_verdict_judges_each_learning_rate_apart():
 def test_verdict_inconclusive_without_the_needed_arms_and_rejects_empty():
     narrow_only = _summary({(256, "1"): [1.0], (256, "0.1"): [0.0]})
     assert du.verdict(narrow_only) == (
-        "inconclusive: the sweep lacks wide (> 1000 filters) points with scale 1.0 and with scale <= 0.3; 1 of 2 points "
-        "died, 0 diverged, within 60 steps")
+        "inconclusive: the sweep lacks wide (> 1000 filters) points with scale 1.0 and with scale <= 0.3; 1 of 2 "
+        "points died, 0 diverged, within 60 steps")
     with pytest.raises(ValueError, match="at least one"):
         du.verdict(_summary({}))
 
