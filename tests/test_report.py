@@ -121,6 +121,7 @@ def _drawn(section: Section) -> list[str]:
     return [figure.stem for figure in section.figures]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     """Two models at small inputs instead of the zoo at native size: every MAC of each model lands in its long
     table, and the wide table has one column per spatial grid, largest first."""
@@ -144,6 +145,7 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     assert _drawn(section) == ["gmacs_by_grid"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_factorization_section_on_one_small_study(monkeypatch):
     """The study at grids 16 and 17 with 8 channels, a fixed whole-model table: the 17x17 table, the notes naming
     each whole-model variant; a study whose measured cost left its closed form stops the section."""
