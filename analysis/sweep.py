@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import re
 import tempfile
 import traceback
 import warnings
@@ -53,14 +54,48 @@ def _is_csv(path: Path) -> bool:
     return path.suffix.lower() == ".csv"
 
 
+# Every row this module writes starts with its point's id (see _tag).
+_POINT_ID_AT_START = re.compile(r'^\{"point_id": "([0-9a-f]{12})"')
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The complete rows of a JSON-lines results file, each with its line.
+
+    Rows are appended by an atomic rewrite, but a copy cut short (or a writer on a file system without atomic
+    renames) can leave a last line that was not finished: no newline after it and not valid JSON. That line is
+    dropped, together with the other rows of its point (named at the line's start; when the cut fell inside the
+    id, the point of the line before, the only one it can continue), with a warning: the point counts as
+    unfinished and runs again. A bad line anywhere else is damage not to guess about: a ``ValueError`` names it.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError as err:
+            if number < len(lines) or text.endswith("\n"):
+                raise ValueError(f"{path}, line {number}: not a JSON row ({err.msg}); the results file is damaged: "
+                                 "repair or delete that line (its point then runs again)") from None
+            named = _POINT_ID_AT_START.match(line)
+            torn = named.group(1) if named else (rows[-1][1].get("point_id") if rows else None)
+            rows = [(kept, row) for kept, row in rows if row.get("point_id") != torn]
+            warnings.warn(f"{path}: its last line was cut short; dropped it and the rows of its point {torn}, "
+                          "which will run again", stacklevel=3)
+    return rows
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
-    """The results table (``.csv``, otherwise JSON lines); empty when the file does not exist yet."""
+    """The results table (``.csv``, otherwise JSON lines); empty when the file does not exist yet. A JSON-lines
+    file's last line cut short drops its point's rows (the point is unfinished), with a warning."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
     if _is_csv(path):
         return pd.read_csv(path)
-    return pd.DataFrame([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+    return pd.DataFrame([row for _, row in _jsonl_rows(path)])
 
 
 def _finished(path: Path) -> set[str]:
@@ -119,9 +154,7 @@ def _append(path: Path, frame: pd.DataFrame) -> None:
         table = pd.concat([read_results(path), frame], ignore_index=True)
         atomic_write_text(path, table.to_csv(index=False))
         return
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
+    old = "".join(line + "\n" for line, _ in _jsonl_rows(path)) if path.exists() else ""
     new = "".join(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n"
                   for row in frame.to_dict(orient="records"))
     atomic_write_text(path, old + new)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
 
+from analysis import TrainConfig, Trainer
 from analysis.activations import (
     ActivationMonitor,
     DeadUnitAlarm,
@@ -249,7 +251,6 @@ def test_torchvision_inception_v3_prepool_channel_found():
 
 
 def test_timm_inception_v3_relu_modules_and_prepool():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("inception_v3", pretrained=False, num_classes=10)
     kill(model.Mixed_7c.branch_pool.bn, [5])
@@ -348,7 +349,6 @@ def test_alarm_requests_a_stop_and_stays_quiet_on_a_healthy_run():
 
 def test_alarm_with_the_real_trainer_stops_a_dying_run():
     """The classic dying ReLU: positive inputs and a huge learning rate push every pre-pool unit negative."""
-    training = pytest.importorskip("analysis.training")
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -363,9 +363,9 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
     x, y = torch.randn(64, 3, 8, 8, generator=g) + 2.0, torch.randint(0, 4, (64,), generator=g)
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2, stop=True)
-    config = training.TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0,
-                                  log_every=1, progress=False)
-    history = training.Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
+    config = TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0, log_every=1,
+                         progress=False)
+    history = Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
     assert alarm.alarm_step is not None and alarm.alarm_step < 40
     train = history[history["split"] == "train"]
     assert train["step"].max() == alarm.alarm_step  # stopped right after the alarm
@@ -375,17 +375,15 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
 
 def test_alarm_counts_only_the_training_forward_beside_a_landscape_probe():
     """The probe runs K extra train-mode forwards per step and the trainer evaluates: neither enters the window."""
-    training = pytest.importorskip("analysis.training")
     from analysis.landscape import LandscapeProbe
 
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g))
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2)
-    config = training.TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1,
-                                  log_every=1, progress=False)
-    training.Trainer(SmallNet(), config, data, val_data=data,
-                     callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
+    config = TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1, log_every=1,
+                         progress=False)
+    Trainer(SmallNet(), config, data, val_data=data, callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
     frame = alarm.to_frame()
     assert frame["step"].tolist() == [2, 4] and frame["samples"].tolist() == [8, 8]
     assert (frame["mode"] == "train").all() and frame["dead"].tolist() == [0, 0]

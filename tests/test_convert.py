@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import timm
 import torch
 import torchvision
 from safetensors.torch import save_file
@@ -23,8 +24,6 @@ from inception_models.convert import (
 )
 
 from helpers import calibrate_bn
-
-timm = pytest.importorskip("timm")
 
 
 def assert_same_logits(ours: nn.Module, reference: nn.Module, size: int) -> None:
@@ -258,13 +257,7 @@ def test_another_models_state_dict_is_refused(inception_v4_files, xception_files
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The models other modules build: GoogLeNet, Inception-v3 and Inception-ResNet-v2 (run once registered).
-
-
-def _needs(name: str) -> None:
-    if name not in list_models():
-        pytest.skip(f"{name} is not registered yet")
-
+# The models other modules build: GoogLeNet, Inception-v3 and Inception-ResNet-v2.
 
 REFERENCES: list[tuple[str, str, Callable[[], nn.Module], dict, str]] = [
     # (our model, id, reference factory, our knobs, file kind)
@@ -286,7 +279,6 @@ REFERENCES: list[tuple[str, str, Callable[[], nn.Module], dict, str]] = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name, case, factory, knobs, kind", REFERENCES, ids=[f"{r[0]}-{r[1]}" for r in REFERENCES])
 def test_other_models_load_their_reference(tmp_path, name, case, factory, knobs, kind):
-    _needs(name)
     size = max(75, model_info(name).min_input_size)
     torch.manual_seed(0)
     reference = calibrate_bn(factory(), torch.randn(4, 3, 128, 128))  # >1 pixel at the last grid
@@ -308,7 +300,6 @@ def test_other_models_load_their_reference(tmp_path, name, case, factory, knobs,
 ], ids=["googlenet", "inception_v3"])
 def test_aux_heads_rule(tmp_path, name, factory):
     """A file's aux heads are dropped for a model without them; a model with them needs a file with them."""
-    _needs(name)
     reference = factory().eval()
     with_aux = tmp_path / "with_aux.pth"
     torch.save(reference.state_dict(), with_aux)

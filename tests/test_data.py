@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from analysis import TrainConfig, Trainer
 from analysis.data import (
     SHAPE_CLASSES,
     EpochSampler,
@@ -90,12 +91,6 @@ def test_class_balance_and_labels() -> None:
     assert labels.min() == 0 and labels.max() == 9
     assert torch.bincount(labels).tolist() == [100] * 10
     assert torch.bincount(labels[:95], minlength=10).tolist() == [10] * 5 + [9] * 5  # any prefix is balanced
-
-
-def test_generation_is_fast() -> None:
-    start = time.perf_counter()
-    make_synthetic("train", 2000, 32, seed=5)
-    assert time.perf_counter() - start < 5.0  # 0.4 s on an idle core; 1.8-2.7 s on 2 cores shared by 8 jobs
 
 
 def test_colour_and_brightness_do_not_give_the_class() -> None:
@@ -194,16 +189,20 @@ def test_cifar10_malformed_files(tmp_path: Path) -> None:
 
 
 class _Exploit:
+    """Unpickling this object creates the file ``marker``: the proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):  # noqa: D105
-        return (Path.touch, (Path("/tmp/cifar_pickle_ran_code"),))
+        return (Path.touch, (self.marker,))
 
 
 def test_cifar10_pickles_cannot_run_code(tmp_path: Path) -> None:
     write_fake_cifar(tmp_path)
-    marker = Path("/tmp/cifar_pickle_ran_code")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "pickle_ran_code"
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
-        pickle.dump({"data": _Exploit(), "labels": [0]}, f)
+        pickle.dump({"data": _Exploit(marker), "labels": [0]}, f)
     with pytest.raises(ValueError, match="refusing to load"):
         load_cifar10(tmp_path, train=False)
     assert not marker.exists()
@@ -328,7 +327,49 @@ def test_loader_order_is_a_function_of_seed_and_epoch() -> None:
         EpochSampler(10).set_epoch(0, start=11)
 
 
-def test_epoch_order_matches_the_trainer() -> None:
-    training = pytest.importorskip("analysis.training")
-    for seed, epoch in [(0, 0), (3, 5), (2**33 + 1, 2)]:
-        assert torch.equal(epoch_order(100, seed, epoch), training.epoch_order(100, seed, epoch))
+# Pinned on purpose: an epoch's order is part of what a checkpoint means. A run resumed mid-epoch, perhaps by a
+# later version of this code, must visit the rest of the very order the interrupted run was visiting, so a change
+# to epoch_order has to change these lines too (and say so). The orders come from numpy's SeedSequence([seed,
+# epoch]) (whose output numpy keeps stable across versions) seeding torch.randperm on a CPU generator.
+PINNED_ORDERS = {
+    (0, 0): [6, 3, 1, 5, 8, 7, 0, 2, 9, 4],
+    (0, 1): [4, 8, 5, 0, 7, 6, 2, 3, 9, 1],
+    (1, 0): [8, 1, 4, 2, 9, 7, 0, 6, 3, 5],
+    (7, 3): [1, 5, 2, 8, 7, 9, 6, 3, 0, 4],
+}
+
+
+def test_epoch_order_is_the_pinned_permutation_of_its_seed_and_epoch() -> None:
+    for (seed, epoch), order in PINNED_ORDERS.items():
+        assert epoch_order(10, seed, epoch).tolist() == order
+    orders = [epoch_order(500, seed, epoch).tolist() for seed in (0, 1, 2**40 + 3) for epoch in (0, 1, 2)]
+    assert all(sorted(order) == list(range(500)) for order in orders)
+    assert len({tuple(order) for order in orders}) == len(orders)  # every (seed, epoch) has an order of its own
+    assert epoch_order(0, 0, 0).tolist() == [] and epoch_order(1, 5, 9).tolist() == [0]
+
+
+class _RecordingData(torch.utils.data.Dataset):
+    """Four features and a label per sample; records the index of every sample read, in order."""
+
+    def __init__(self, n: int) -> None:
+        self.x, self.y = torch.randn(n, 4, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 2
+        self.read: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.read.append(int(index))
+        return self.x[index], self.y[index]
+
+
+def test_the_trainer_reads_samples_in_the_order_of_make_loader() -> None:
+    data = _RecordingData(12)
+    loader = make_loader(data, 4, shuffle=True, seed=5)
+    expected = []
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        expected += list(loader.sampler)
+    config = TrainConfig(steps=6, batch_size=4, lr=0.01, device="cpu", seed=5, log_every=1, progress=False)
+    Trainer(nn.Linear(4, 2), config, data).fit()  # two epochs of three batches
+    assert data.read == expected

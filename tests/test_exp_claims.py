@@ -61,6 +61,43 @@ def test_compare_words_follow_effect_against_spread():
         shared.compare([], [0.1])
 
 
+@pytest.mark.parametrize("effect, spread, min_effect, seeds, word", [
+    (0.10, 0.02, 0.0, 2, shared.SHOWS),
+    (0.10, 0.0, 0.0, 3, shared.SHOWS),  # no spread: any positive effect counts
+    (0.05, 0.02, 0.05, 2, shared.SHOWS),  # the floor itself is enough
+    (0.04, 0.02, 0.05, 2, shared.DOES_NOT_SHOW),  # beyond the spread but below the floor: too small to matter
+    (-0.10, 0.02, 0.0, 2, shared.DOES_NOT_SHOW),  # the opposite holds
+    (0.0, 0.0, 0.0, 2, shared.DOES_NOT_SHOW),  # identical in every seed
+    (0.02, 0.02, 0.0, 2, shared.INCONCLUSIVE_SPREAD),  # an effect equal to the spread is not beyond it
+    (-0.01, 0.02, 0.0, 2, shared.INCONCLUSIVE_SPREAD),
+    (0.0, 0.02, 0.0, 2, shared.INCONCLUSIVE_SPREAD),
+    (0.50, 0.0, 0.0, 1, shared.INCONCLUSIVE_ONE_SEED),  # one seed: no spread to judge against, however large
+])
+def test_verdict_word_on_every_branch(effect, spread, min_effect, seeds, word):
+    assert shared.verdict_word(effect, spread, min_effect=min_effect, seeds=seeds) == word
+
+
+def test_verdict_word_refuses_a_nan_effect_and_compare_an_empty_arm():
+    with pytest.raises(ValueError, match="the effect is NaN: an arm has no values to compare"):
+        shared.verdict_word(math.nan, 0.1)
+    with pytest.raises(ValueError, match="at least one value in each arm, got 2 and 0"):
+        shared.compare([0.1, 0.2], [math.nan])
+
+
+def test_compare_signs_spreads_and_describes():
+    """Lower is better (steps): the effect is B's mean minus A's; the spread is the wider arm's range; the seeds
+    the fewer after NaNs are dropped; describe() is the verdict line's fragment."""
+    steps = shared.compare([90, 110, math.nan], [170, 190, 210], higher_is_better=False)
+    assert (steps.mean_a, steps.mean_b, steps.effect, steps.spread, steps.seeds, steps.word) == (
+        100.0, 190.0, 90.0, 40.0, 2, shared.SHOWS)
+    assert steps.describe("steps to target", fmt=".0f") == (
+        "steps to target 100 vs 190 (effect +90, seed spread 40, 2 seeds)")
+    one = shared.compare([0.5], [0.4, 0.6])
+    assert one.describe("accuracy", unit="%") == ("accuracy 0.500% vs 0.500% (effect +0.000%, seed spread 0.200%, "
+                                                  "1 seed)")
+    assert one.word == shared.INCONCLUSIVE_ONE_SEED
+
+
 def test_steps_to_target_censoring_and_auto_target():
     curve = pd.DataFrame({"step": [30, 10, 20], "accuracy": [0.5, 0.1, 0.31]})
     assert shared.steps_to_target(curve, 0.3) == 20.0
@@ -221,15 +258,25 @@ def _ls_final(acc0, acc1, gap0=(6.0, 6.2), gap1=(3.0, 3.1), ece0=(0.10, 0.11), e
     return pd.DataFrame(rows)
 
 
-def test_label_smoothing_verdicts():
-    text = ls.verdict(_ls_final((0.50, 0.51), (0.55, 0.56)), n_val=1000)
-    assert text.startswith("shows: validation accuracy with eps 0.1 vs without 0.555 vs 0.505")
-    assert "lead over the others: shows" in text and "calibration (not the paper's claim): shows" in text
-    assert ls.verdict(_ls_final((0.50, 0.60), (0.52, 0.58)), n_val=1000).startswith(
-        "inconclusive: spread over seeds larger than the effect")
-    assert ls.verdict(_ls_final((0.56, 0.57), (0.50, 0.51)), n_val=1000).startswith("does not show")
-    assert ls.verdict(_ls_final((0.10, 0.11), (0.12, 0.10)), n_val=1000).startswith(
-        "inconclusive: the networks did not learn beyond chance")
+# The parts of a label-smoothing verdict that _ls_final's default gaps and ECEs give in every case below.
+LS_ARGUMENT = ("the paper's argument, the largest logit's lead over the others: shows: mean gap to the other logits "
+               "3.05 vs 6.10 (effect +3.05, seed spread 0.20, 2 seeds)")
+LS_CALIBRATION = ("calibration (not the paper's claim): shows: ECE 0.045 vs 0.105 (effect +0.060, seed spread 0.010, "
+                  "2 seeds)")
+
+
+@pytest.mark.parametrize("without, with_smoothing, expected", [
+    ((0.50, 0.51), (0.55, 0.56), "shows: validation accuracy with eps 0.1 vs without 0.555 vs 0.505 (effect +0.050, "
+     f"seed spread 0.010, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
+    ((0.50, 0.60), (0.52, 0.58), "inconclusive: spread over seeds larger than the effect: validation accuracy with "
+     f"eps 0.1 vs without 0.550 vs 0.550 (effect +0.000, seed spread 0.100, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
+    ((0.56, 0.57), (0.50, 0.51), "does not show: validation accuracy with eps 0.1 vs without 0.505 vs 0.565 (effect "
+     f"-0.060, seed spread 0.010, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
+    ((0.10, 0.11), (0.12, 0.10), "inconclusive: the networks did not learn beyond chance (mean validation accuracy "
+     "0.110 with, 0.105 without smoothing; chance + 3 SE = 0.128)"),
+])
+def test_label_smoothing_verdicts(without, with_smoothing, expected):
+    assert ls.verdict(_ls_final(without, with_smoothing), n_val=1000) == expected
 
 
 def _rs_seeds(res_steps, other_steps, other="no_shortcut", best=0.5):
@@ -242,21 +289,34 @@ def _rs_seeds(res_steps, other_steps, other="no_shortcut", best=0.5):
     return pd.DataFrame(rows)
 
 
-def test_residual_speedup_verdicts():
-    nan = math.nan
-    assert rs.verdict(_rs_seeds([100, 120], [300, nan]), budget=600, n_val=500).startswith("shows")
-    assert rs.verdict(_rs_seeds([300, 350], [100, 120]), budget=600, n_val=500).startswith("does not show")
-    assert rs.verdict(_rs_seeds([100, 400], [200, 300]), budget=600, n_val=500).startswith(
-        "inconclusive: spread over seeds")
-    assert rs.verdict(_rs_seeds([nan, nan], [nan, nan]), budget=600, n_val=500).startswith(
-        "inconclusive: no run reached")
-    assert rs.verdict(_rs_seeds([nan, nan], [nan, nan], best=0.11), budget=600, n_val=500).startswith(
-        "inconclusive: the networks did not learn")
+RS_FINAL = ("higher accuracy at the end of the budget: does not show: final validation accuracy 0.500 vs 0.500 "
+            "(effect +0.000, seed spread 0.000, 2 seeds)")
+NAN = math.nan
+
+
+@pytest.mark.parametrize("seeds, expected", [
+    (_rs_seeds([100, 120], [300, NAN]), "shows (target validation accuracy 0.300; v2 vs same, no shortcut: shows: "
+     f"steps to target 110 vs 450 (effect +340, seed spread 300, 2 seeds), reached 2/2 vs 1/2; {RS_FINAL})"),
+    (_rs_seeds([300, 350], [100, 120]), "does not show (target validation accuracy 0.300; v2 vs same, no shortcut: "
+     "does not show: steps to target 325 vs 110 (effect -215, seed spread 50, 2 seeds), reached 2/2 vs 2/2; "
+     f"{RS_FINAL})"),
+    (_rs_seeds([100, 400], [200, 300]), "inconclusive: spread over seeds larger than the effect (target validation "
+     "accuracy 0.300; v2 vs same, no shortcut: inconclusive: spread over seeds larger than the effect: steps to target "
+     f"250 vs 250 (effect +0, seed spread 300, 2 seeds), reached 2/2 vs 2/2; {RS_FINAL})"),
+    (_rs_seeds([NAN, NAN], [NAN, NAN]), "inconclusive: no run reached the target (target validation accuracy 0.300; "
+     "v2: no run reached the target 0.300 in 600 steps)"),
+    (_rs_seeds([NAN, NAN], [NAN, NAN], best=0.11), "inconclusive: the networks did not learn beyond chance (target "
+     "validation accuracy 0.300; v2: the residual net did not learn beyond chance (best validation accuracy 0.110, "
+     "chance + 3 SE 0.140))"),
     # With the paper's pair present, the headline compares against it.
-    both = pd.concat([_rs_seeds([100, 120], [130, 140]), _rs_seeds([100, 120], [300, 320], other="inception")])
-    both = both.drop_duplicates(subset=["arm", "seed"])
-    text = rs.verdict(both, budget=600, n_val=500)
-    assert text.startswith("shows") and text.index("Inception (paper pair)") < text.index("same, no shortcut")
+    (pd.concat([_rs_seeds([100, 120], [130, 140]), _rs_seeds([100, 120], [300, 320], other="inception")])
+     .drop_duplicates(subset=["arm", "seed"]), "shows (target validation accuracy 0.300; v2 vs Inception (paper "
+     "pair): shows: steps to target 110 vs 310 (effect +200, seed spread 20, 2 seeds), reached 2/2 vs 2/2; "
+     f"{RS_FINAL}; v2 vs same, no shortcut: shows: steps to target 110 vs 135 (effect +25, seed spread 20, 2 seeds), "
+     f"reached 2/2 vs 2/2; {RS_FINAL})"),
+], ids=["shows", "does_not_show", "spread", "none_reached", "chance", "paper_pair"])
+def test_residual_speedup_verdicts(seeds, expected):
+    assert rs.verdict(seeds, budget=600, n_val=500) == expected
 
 
 def _bs_seeds(cells):
@@ -269,18 +329,34 @@ def _bs_seeds(cells):
     return pd.DataFrame(rows)
 
 
-def test_bn_speedup_verdicts():
-    nan = math.nan
-    good = {("bn", 1): [(100, False), (120, False)], ("none", 1): [(nan, False), (nan, False)],
-            ("bn", 5): [(40, False), (60, False)], ("none", 5): [(nan, True), (nan, False)]}
-    text = bs.verdict(_bs_seeds(good), budget=200, n_val=500)
-    assert text.startswith("shows") and "lower bounds" in text and "BN 5x faster than BN 1x: shows" in text
-    bad = {**good, ("bn", 5): [(nan, True), (nan, True)]}
-    assert bs.verdict(_bs_seeds(bad), budget=200, n_val=500).startswith("does not show")
-    spread = {**good, ("bn", 1): [(20, False), (190, False)], ("none", 1): [(150, False), (nan, False)]}
-    assert bs.verdict(_bs_seeds(spread), budget=200, n_val=500).startswith("inconclusive: spread over seeds")
-    stuck = {k: [(nan, False), (nan, False)] for k in good}
-    assert bs.verdict(_bs_seeds(stuck), budget=200, n_val=500).startswith("inconclusive: the networks did not")
+BS_GOOD = {("bn", 1): [(100, False), (120, False)], ("none", 1): [(NAN, False), (NAN, False)],
+           ("bn", 5): [(40, False), (60, False)], ("none", 5): [(NAN, True), (NAN, False)]}
+BS_AT_1X = ("fewer steps at 1x: shows: steps to target BN vs no BN 110 vs 200 (effect +90, seed spread 20, 2 seeds) "
+            "(BN reached 2/2, diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 0/2, best accuracy 0.100)")
+BS_AT_5X = ("5x usable: shows: steps BN vs no BN 50 vs 200 (effect +150, seed spread 20, 2 seeds) (BN reached 2/2, "
+            "diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 1/2, best accuracy 0.100)")
+BS_BOUNDS = ("the network without BN never reached the target at any rate, so the step ratios are lower bounds "
+             "(budget 200)")
+
+
+@pytest.mark.parametrize("cells, expected", [
+    (BS_GOOD, f"shows (target validation accuracy 0.200; {BS_AT_1X}; {BS_AT_5X}; BN 5x faster than BN 1x: shows (50 "
+     f"vs 110 steps); {BS_BOUNDS})"),
+    ({**BS_GOOD, ("bn", 5): [(NAN, True), (NAN, True)]}, "does not show (target validation accuracy 0.200; "
+     f"{BS_AT_1X}; 5x usable: does not show: steps BN vs no BN 200 vs 200 (effect +0, seed spread 0, 2 seeds) (BN "
+     "reached 0/2, diverged 2/2, best accuracy 0.100; no BN reached 0/2, diverged 1/2, best accuracy 0.100); BN 5x "
+     f"faster than BN 1x: does not show (200 vs 110 steps); {BS_BOUNDS})"),
+    ({**BS_GOOD, ("bn", 1): [(20, False), (190, False)], ("none", 1): [(150, False), (NAN, False)]},
+     "inconclusive: spread over seeds larger than the effect (target validation accuracy 0.200; fewer steps at 1x: "
+     "inconclusive: spread over seeds larger than the effect: steps to target BN vs no BN 105 vs 175 (effect +70, "
+     "seed spread 170, 2 seeds) (BN reached 2/2, diverged 0/2, best accuracy 0.400; no BN reached 1/2, diverged 0/2, "
+     f"best accuracy 0.250); {BS_AT_5X}; BN 5x faster than BN 1x: inconclusive: spread over seeds larger than the "
+     "effect (50 vs 105 steps))"),
+    ({cell: [(NAN, False), (NAN, False)] for cell in BS_GOOD}, "inconclusive: the networks did not learn beyond chance "
+     "(BN at the base rate: best validation accuracy 0.100; chance + 3 SE 0.140)"),
+], ids=["shows", "does_not_show", "spread", "stuck"])
+def test_bn_speedup_verdicts(cells, expected):
+    assert bs.verdict(_bs_seeds(cells), budget=200, n_val=500) == expected
 
 
 def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
@@ -294,19 +370,33 @@ def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
     return pd.DataFrame(rows)
 
 
-def test_aux_heads_verdicts():
-    text = ah.verdict(_ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51)), n_val=500)
-    assert text.startswith("shows: final validation accuracy with aux heads, no BN vs without heads 0.455 vs 0.405")
-    assert "BN in the heads helps: shows" in text and "no early speed-up (v3 paper): shows" in text
-    assert "x2.00" in text and "underfits" not in text
-    underfit = _ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51)).assign(generalisation_gap=0.01)
-    assert "every net underfits" in ah.verdict(underfit, n_val=500)
-    faster_early = _ah_seeds((0.40, 0.41), (0.45, 0.46), (0.50, 0.51), early=((0.2, 0.21), (0.4, 0.41), (0.2, 0.2)))
-    assert "no early speed-up (v3 paper): does not show" in ah.verdict(faster_early, n_val=500)
-    assert ah.verdict(_ah_seeds((0.40, 0.50), (0.44, 0.46), (0.5, 0.5)), n_val=500).startswith(
-        "inconclusive: spread over seeds")
-    assert ah.verdict(_ah_seeds((0.1, 0.1), (0.1, 0.11), (0.1, 0.1)), n_val=500).startswith(
-        "inconclusive: the networks did not learn")
+AH_BN = ("BN in the heads helps: shows: final validation accuracy heads with BN vs without 0.505 vs 0.455 (effect "
+         "+0.050, seed spread 0.010, 2 seeds)")
+AH_EARLY = ("no early speed-up (v3 paper): shows (heads not ahead early beyond the seed spread): validation "
+            "accuracy at step 100, heads vs none 0.210 vs 0.205 (effect +0.005, seed spread 0.020, 2 seeds)")
+AH_GRADIENT = "gradient norm below the first head: 2 with heads vs 1 without (x2.00; first conv x1.00)"
+AH_SHOWS = ("shows: final validation accuracy with aux heads, no BN vs without heads 0.455 vs 0.405 (effect +0.050, "
+            "seed spread 0.010, 2 seeds)")
+AH_LEARNED = ((0.40, 0.41), (0.45, 0.46), (0.50, 0.51))
+
+
+@pytest.mark.parametrize("seeds, expected", [
+    (_ah_seeds(*AH_LEARNED), f"{AH_SHOWS}; {AH_BN}; {AH_EARLY}; {AH_GRADIENT}"),
+    (_ah_seeds(*AH_LEARNED).assign(generalisation_gap=0.01), f"{AH_SHOWS}; {AH_BN}; {AH_EARLY}; note: every net "
+     "underfits (train minus validation accuracy at most 0.010), so a regulariser has nothing to act on here; an "
+     f"accuracy gain at this budget is an optimisation effect; {AH_GRADIENT}"),
+    (_ah_seeds(*AH_LEARNED, early=((0.2, 0.21), (0.4, 0.41), (0.2, 0.2))), f"{AH_SHOWS}; {AH_BN}; no early speed-up "
+     "(v3 paper): does not show (heads ahead early beyond the seed spread): validation accuracy at step 100, heads vs "
+     f"none 0.405 vs 0.205 (effect +0.200, seed spread 0.010, 2 seeds); {AH_GRADIENT}"),
+    (_ah_seeds((0.40, 0.50), (0.44, 0.46), (0.5, 0.5)), "inconclusive: spread over seeds larger than the effect: final "
+     "validation accuracy with aux heads, no BN vs without heads 0.450 vs 0.450 (effect +0.000, seed spread 0.100, 2 "
+     "seeds); BN in the heads helps: shows: final validation accuracy heads with BN vs without 0.500 vs 0.450 (effect "
+     f"+0.050, seed spread 0.020, 2 seeds); {AH_EARLY}; {AH_GRADIENT}"),
+    (_ah_seeds((0.1, 0.1), (0.1, 0.11), (0.1, 0.1)), "inconclusive: the networks did not learn beyond chance (final "
+     "validation accuracy 0.100 without, 0.105 with heads; chance + 3 SE = 0.140)"),
+], ids=["shows", "underfit", "faster_early", "spread", "chance"])
+def test_aux_heads_verdicts(seeds, expected):
+    assert ah.verdict(seeds, n_val=500) == expected
 
 
 # ================================================================================================ sections

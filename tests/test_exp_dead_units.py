@@ -137,27 +137,37 @@ def _summary(cells: dict[tuple[int, str], list[float]], diverged: tuple[tuple[in
 def test_verdict_shows_when_only_wide_unscaled_die():
     summary = _summary({(256, "1"): [0.4], (256, "0.1"): [0.0], (256, du.NO_RESIDUAL): [0.3],
                         (1536, "1"): [0.98], (1536, "0.1"): [0.05], (1536, du.NO_RESIDUAL): [0.3]})
-    text = du.verdict(summary)
-    assert text.startswith("shows:") and "wide unscaled 1.00" in text and "narrow unscaled 0.00" in text
-    assert "mean final dead fraction 0.98, 0.05, 0.30, 0.40" in text
+    assert du.verdict(summary) == (
+        "shows: death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00, wide no-residual 0.00, narrow unscaled "
+        "0.00; mean final dead fraction 0.98, 0.05, 0.30, 0.40; 1 of 6 points died, 0 diverged, within 60 steps")
 
 
 def test_verdict_does_not_show_when_nothing_dies():
     summary = _summary({(1536, "1"): [0.2], (1536, "0.1"): [0.0], (1536, du.NO_RESIDUAL): [0.1]})
-    text = du.verdict(summary)
-    assert text.startswith("does not show at this scale") and "largest final dead fraction 0.20" in text
+    assert du.verdict(summary) == (
+        "does not show at this scale: no pre-pool layer died (largest final dead fraction 0.20; 0 of 3 points died, 0 "
+        "diverged, within 60 steps); the run is too short or too small for the paper's symptom to appear")
 
 
 def test_verdict_does_not_show_when_scaling_does_not_help_or_control_dies_too():
     scaled_die = _summary({(1536, "1"): [1.0], (1536, "0.1"): [0.9]})
-    assert du.verdict(scaled_die).startswith("does not show: deaths do not follow")
+    assert du.verdict(scaled_die) == (
+        "does not show: deaths do not follow the claimed pattern: death rate of wide unscaled 1.00, wide scaled (<= "
+        "0.3) 1.00, wide no-residual nan, narrow unscaled nan; mean final dead fraction 1.00, 0.90, nan, nan; 2 of 2 "
+        "points died, 0 diverged, within 60 steps")
     control_dies = _summary({(1536, "1"): [1.0], (1536, "0.1"): [0.0], (1536, du.NO_RESIDUAL): [0.9]})
-    assert du.verdict(control_dies).startswith("does not show: deaths do not follow")
+    assert du.verdict(control_dies) == (
+        "does not show: deaths do not follow the claimed pattern: death rate of wide unscaled 1.00, wide scaled (<= "
+        "0.3) 0.00, wide no-residual 1.00, narrow unscaled nan; mean final dead fraction 1.00, 0.00, 0.90, nan; 2 of 3 "
+        "points died, 0 diverged, within 60 steps")
 
 
 def test_verdict_inconclusive_when_seeds_spread_more_than_the_effect():
     summary = _summary({(1536, "1"): [0.9, 0.1, 0.2], (1536, "0.1"): [0.8, 0.0, 0.1]})
-    assert du.verdict(summary).startswith("inconclusive: spread over seeds")
+    assert du.verdict(summary) == (
+        "inconclusive: spread over seeds larger than the effect: death rate of wide unscaled 0.33, wide scaled (<= "
+        "0.3) 0.33, wide no-residual nan, narrow unscaled nan; mean final dead fraction 0.40, 0.30, nan, nan; 2 of 6 "
+        "points died, 0 diverged, within 60 steps")
 
 
 def test_verdict_judges_each_learning_rate_apart():
@@ -166,17 +176,25 @@ def test_verdict_judges_each_learning_rate_apart():
     high = _summary({(1536, "1"): [0.95, 0.9], (1536, "0.1"): [0.0, 0.05], (1536, du.NO_RESIDUAL): [0.2, 0.3]})
     low = _summary({(1536, "1"): [0.1, 0.0], (1536, "0.1"): [0.0, 0.0], (1536, du.NO_RESIDUAL): [0.1, 0.0]},
                    lr=0.045)
-    text = du.verdict(pd.concat([low, high], ignore_index=True))
-    assert text.startswith("shows: lr 0.045: no wide residual point died")
-    assert "lr 0.1: shows (death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00" in text
-    assert "at lr 0.045 nothing wide died, so lowering the rate prevented death here" in text
+    at_high = ("lr 0.1: shows (death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00, wide no-residual 0.00, "
+               "narrow unscaled nan; mean final dead fraction 0.93, 0.03, 0.25, nan)")
+    assert du.verdict(pd.concat([low, high], ignore_index=True)) == (
+        "shows: lr 0.045: no wide residual point died (death rate of wide unscaled 0.00, wide scaled (<= 0.3) 0.00, "
+        "wide no-residual 0.00, narrow unscaled nan; mean final dead fraction 0.05, 0.00, 0.05, nan); "
+        f"{at_high}; at lr 0.045 nothing wide died, so lowering the rate prevented death here (the paper: it did "
+        "not); 2 of 12 points died, 0 diverged, within 60 steps")
     scaled_die = _summary({(1536, "1"): [1.0, 1.0], (1536, "0.1"): [0.9, 1.0]}, lr=0.045)
-    assert du.verdict(pd.concat([scaled_die, high], ignore_index=True)).startswith("does not show")
+    assert du.verdict(pd.concat([scaled_die, high], ignore_index=True)) == (
+        "does not show: deaths do not follow the claimed pattern: lr 0.045: does not show (death rate of wide unscaled "
+        "1.00, wide scaled (<= 0.3) 1.00, wide no-residual nan, narrow unscaled nan; mean final dead fraction 1.00, "
+        f"0.95, nan, nan); {at_high}; 6 of 10 points died, 0 diverged, within 60 steps")
 
 
 def test_verdict_inconclusive_without_the_needed_arms_and_rejects_empty():
     narrow_only = _summary({(256, "1"): [1.0], (256, "0.1"): [0.0]})
-    assert du.verdict(narrow_only).startswith("inconclusive: the sweep lacks wide")
+    assert du.verdict(narrow_only) == (
+        "inconclusive: the sweep lacks wide (> 1000 filters) points with scale 1.0 and with scale <= 0.3; 1 of 2 "
+        "points died, 0 diverged, within 60 steps")
     with pytest.raises(ValueError, match="at least one"):
         du.verdict(_summary({}))
 

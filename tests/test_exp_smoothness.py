@@ -239,8 +239,10 @@ def _summary(values: dict[str, dict[str, float]], learned: dict[str, bool] | Non
 def test_verdict_shows_when_bn_is_smoother_everywhere():
     summary = _summary({"bn": {m: 1.0 for m in sm.PROBE_MEASURES}, "none": {m: 3.0 for m in sm.PROBE_MEASURES}},
                        seeds=(0, 1))
-    answer = sm.verdict(summary)
-    assert answer.startswith("shows: BN smoother on all 5 measures")
+    assert sm.verdict(summary) == (
+        "shows: BN smoother on all 5 measures (no-BN / BN medians: raw loss_range x3.00 (BN smoother); raw "
+        "grad_pred_max x3.00 (BN smoother); raw beta_eff x3.00 (BN smoother); scale-free loss_range_rel x3.00 (BN "
+        "smoother); scale-free grad_pred_rel_max x3.00 (BN smoother); 2 seeds)")
     table = sm.comparison(summary)
     assert list(table.columns) == sm.COMPARISON_COLUMNS
     assert table["ratio"].round(6).tolist() == [3.0] * 5
@@ -248,28 +250,38 @@ def test_verdict_shows_when_bn_is_smoother_everywhere():
 
 def test_verdict_does_not_show_when_bn_is_rougher():
     summary = _summary({"bn": {m: 2.0 for m in sm.PROBE_MEASURES}, "none": {m: 1.0 for m in sm.PROBE_MEASURES}})
-    assert sm.verdict(summary).startswith("does not show")
+    assert sm.verdict(summary) == (
+        "does not show: BN smoother on none of 5 measures (raw loss_range x0.50 (BN rougher); raw grad_pred_max x0.50 "
+        "(BN rougher); raw beta_eff x0.50 (BN rougher); scale-free loss_range_rel x0.50 (BN rougher); scale-free "
+        "grad_pred_rel_max x0.50 (BN rougher); 1 seed, so no spread over seeds measured)")
     assert set(sm.comparison(summary)["call"]) == {"BN rougher"}
 
 
 def test_verdict_is_inconclusive_when_a_variant_did_not_learn():
     summary = _summary({"bn": {}, "none": {"loss_range": 0.01}}, learned={"bn": True, "none": False})
-    answer = sm.verdict(summary)
-    assert answer.startswith("inconclusive: a variant did not learn (none seed 0")
+    summary.loc[summary["variant"] == "none", "loss_end"] = 2.25
+    assert sm.verdict(summary) == (
+        "inconclusive: a variant did not learn (none seed 0: end loss 2.250 vs chance 2.303); a network at chance has "
+        "a flat landscape for the wrong reason")
 
 
 def test_verdict_is_inconclusive_when_raw_and_scale_free_disagree():
     summary = _summary({"bn": {m: 1.0 for m in sm.PROBE_MEASURES},
                         "none": {"loss_range": 3.0, "grad_pred_max": 3.0, "beta_eff": 3.0}})
-    answer = sm.verdict(summary)
-    assert answer.startswith("inconclusive: the measures disagree, BN smoother on 3 of 5")
+    assert sm.verdict(summary) == (
+        "inconclusive: the measures disagree, BN smoother on 3 of 5 (raw loss_range x3.00 (BN smoother); raw "
+        "grad_pred_max x3.00 (BN smoother); raw beta_eff x3.00 (BN smoother); scale-free loss_range_rel x1.00 (no "
+        "difference); scale-free grad_pred_rel_max x1.00 (no difference); 1 seed, so no spread over seeds measured)")
 
 
 def test_verdict_is_inconclusive_when_seeds_disagree():
     summary = _summary({"bn": {m: 1.0 for m in sm.PROBE_MEASURES}, "none": {m: 3.0 for m in sm.PROBE_MEASURES}},
                        seeds=(0, 1))
     summary.loc[(summary["seed"] == 1) & (summary["variant"] == "none"), "beta_eff"] = 0.2
-    assert sm.verdict(summary).startswith("inconclusive: spread over seeds larger than the effect")
+    assert sm.verdict(summary) == (
+        "inconclusive: spread over seeds larger than the effect (raw loss_range x3.00 (BN smoother); raw grad_pred_max "
+        "x3.00 (BN smoother); raw beta_eff x0.77 (seeds disagree); scale-free loss_range_rel x3.00 (BN smoother); "
+        "scale-free grad_pred_rel_max x3.00 (BN smoother); 2 seeds)")
 
 
 def test_verdict_needs_both_variants():

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from inception_models import InceptionOutputs, create_model, model_info
 from inception_models.googlenet import AUX_LOSS_WEIGHT, GoogLeNet, GoogLeNetPaper, InceptionModule
 
+from helpers import GOOGLENET_TABLE_1 as TABLE_1
 from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params
-
-torchvision = pytest.importorskip("torchvision")
 
 REFERENCE_PARAMS = 6_624_904  # torchvision 0.29.1 googlenet(aux_logits=False), shared/REFERENCES.md
 REFERENCE_PARAMS_AUX = 13_004_888
 REFERENCE_AUX1, REFERENCE_AUX2 = 3_188_968, 3_191_016
 REFERENCE_PARAMS_5X5 = 7_005_832
 REFERENCE_GMACS, REFERENCE_GMACS_5X5 = 1.498, 1.583
-
-# Table 1: (input channels, (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)) per Inception module.
-TABLE_1 = (
-    (192, (64, 96, 128, 16, 32, 32)),
-    (256, (128, 128, 192, 32, 96, 64)),
-    (480, (192, 96, 208, 16, 48, 64)),
-    (512, (160, 112, 224, 24, 64, 64)),
-    (512, (128, 128, 256, 24, 64, 64)),
-    (512, (112, 144, 288, 32, 64, 64)),
-    (528, (256, 160, 320, 32, 128, 128)),
-    (832, (256, 160, 320, 32, 128, 128)),
-    (832, (384, 192, 384, 48, 128, 128)),
-)
 
 
 def closed_form_params(*, k5: int, bn: bool, width_mult: float = 1.0, aux: bool = False, classes: int = 1000) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -32,9 +33,10 @@ def conv_linear_gmacs(model: nn.Module, size: int) -> tuple[float, tuple[int, ..
 @pytest.mark.parametrize(
     "name, params, gmacs, features",
     [
-        ("inception_resnet_v2", 55_843_464, 13.156, (1, 1536, 8, 8)),
+        ("inception_resnet_v2", 55_843_464, 13.156, (1, 1536, 8, 8)),  # timm, shared/REFERENCES.md
+        # The paper variants: the references less the blocks they drop (test_paper_variants_are_...).
         ("inception_resnet_v2_paper", 31_128_712, 8.303, (1, 2080, 8, 8)),
-        ("inception_resnet_v1", 24_357_096, 6.309, (1, 1792, 8, 8)),
+        ("inception_resnet_v1", 24_357_096, 6.309, (1, 1792, 8, 8)),  # facenet + classifier, REFERENCES.md
         ("inception_resnet_v1_paper", 22_756_328, 6.206, (1, 1792, 8, 8)),
     ],
 )
@@ -49,6 +51,50 @@ def test_sizes_macs_and_feature_shapes_at_299(name, params, gmacs, features):
     if info.reference_params is not None:
         assert info.reference_params == params
         assert info.reference_gmacs == pytest.approx(measured, abs=5e-3)
+
+
+# One Inception-ResNet block: (width of the residual stream, branches as ((kh, kw), width) conv-BN-ReLU layers).
+# The released v2's widths (TF-slim, timm; the paper's Figs. 16, 17, 19) and facenet's v1 8x8 block (Fig. 13).
+V2_A = (320, (((1, 1), 32),), (((1, 1), 32), ((3, 3), 32)), (((1, 1), 32), ((3, 3), 48), ((3, 3), 64)))
+V2_B = (1088, (((1, 1), 192),), (((1, 1), 128), ((1, 7), 160), ((7, 1), 192)))
+V2_C = (2080, (((1, 1), 192),), (((1, 1), 192), ((1, 3), 224), ((3, 1), 256)))
+V1_C = (1792, (((1, 1), 192),), (((1, 1), 192), ((1, 3), 192), ((3, 1), 192)))
+
+
+def residual_block(stream: int, *branches) -> tuple[int, int]:
+    """(parameters, conv weights) of one block: its conv-BN branches from the stream, then the 1x1 projection of
+    their concatenation back to the stream's width, with a bias and no BN."""
+    params = weights = 0
+    for branch in branches:
+        c_in = stream
+        for (kh, kw), width in branch:
+            weights += kh * kw * c_in * width
+            params += kh * kw * c_in * width + 2 * width
+            c_in = width
+    concat = sum(branch[-1][1] for branch in branches)
+    return params + concat * stream + stream, weights + concat * stream
+
+
+def test_paper_variants_are_the_references_less_the_blocks_they_drop():
+    """inception_resnet_v2_paper is timm's inception_resnet_v2 (55,843,464 parameters) less 5 of its 10 A blocks,
+    10 of its 20 B blocks, 5 of its 10 C blocks (9 scaled and the final one), and its final 1x1 conv-BN to 1536,
+    with a classifier on 2080 channels instead of 1536; inception_resnet_v1_paper is facenet's v1 (24,357,096)
+    less its final C block. MACs drop by the dropped weights times their grid (35x35, 17x17, 8x8 at 299)."""
+    a, b, c = (residual_block(*spec) for spec in (V2_A, V2_B, V2_C))
+    final_conv = 2080 * 1536
+    classifier = (2080 - 1536) * 1000
+    v2_paper = 55_843_464 - 5 * a[0] - 10 * b[0] - 5 * c[0] - (final_conv + 2 * 1536) + classifier
+    v1_c = residual_block(*V1_C)
+    assert (v2_paper, 24_357_096 - v1_c[0]) == (31_128_712, 22_756_328)
+    with torch.device("meta"):
+        models = {name: create_model(name) for name in NAMES}
+    assert n_params(models["inception_resnet_v2_paper"]) == v2_paper
+    assert n_params(models["inception_resnet_v1_paper"]) == 24_357_096 - v1_c[0]
+    x = torch.empty(1, 3, 299, 299, device="meta")
+    macs = {name: macs_and_grids(model.eval(), x).macs for name, model in models.items()}
+    v2_dropped = 5 * a[1] * 35 ** 2 + 10 * b[1] * 17 ** 2 + 5 * c[1] * 8 ** 2 + final_conv * 8 ** 2 - classifier
+    assert macs["inception_resnet_v2"] - macs["inception_resnet_v2_paper"] == v2_dropped
+    assert macs["inception_resnet_v1"] - macs["inception_resnet_v1_paper"] == v1_c[1] * 8 ** 2
 
 
 def test_v1_is_facenets_body_plus_a_classifier():
@@ -71,7 +117,6 @@ def test_registry_metadata():
 
 
 def test_v2_maps_onto_timm_by_order_and_gives_its_logits():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     reference = timm.create_model("inception_resnet_v2", pretrained=False)
     ours = create_model("inception_resnet_v2")

@@ -4,6 +4,7 @@ the factorisation switches' closed-form costs, knobs, the auxiliary head and inp
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -20,8 +21,6 @@ from inception_models.inception_v3 import (
 )
 
 from helpers import calibrate_bn, conv_bn, copy_by_order, macs_and_grids, n_params
-
-timm = pytest.importorskip("timm")
 
 # torchvision 0.29.1 inception_v3 = timm 1.0.31 inception_v3 (shared/REFERENCES.md)
 PARAMS_NO_AUX = 23_834_568

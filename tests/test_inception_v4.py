@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -10,8 +11,6 @@ from inception_models import create_model, model_info
 from inception_models.inception_v4 import InceptionA, InceptionB, InceptionC, InceptionV4, ReductionA
 
 from helpers import calibrate_bn, conv_bn, copy_by_order, macs_and_grids, n_params
-
-timm = pytest.importorskip("timm")
 
 REFERENCE_PARAMS = 42_679_816  # timm 1.0.31 inception_v4, shared/REFERENCES.md
 REFERENCE_GMACS = 12.254

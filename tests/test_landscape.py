@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis import TrainConfig, Trainer
 from analysis.landscape import (
     LandscapeProbe,
     default_etas,
@@ -329,8 +330,6 @@ def test_landscape_probe_callback_logs_and_keeps_rows():
 
 
 def test_landscape_probe_does_not_change_a_real_training_run():
-    training = pytest.importorskip("analysis.training")
-
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -348,7 +347,7 @@ def test_landscape_probe_does_not_change_a_real_training_run():
     def run(callbacks):
         torch.manual_seed(0)
         model = Net()
-        history = training.Trainer(model, training.TrainConfig(**config), data, callbacks=callbacks).fit()
+        history = Trainer(model, TrainConfig(**config), data, callbacks=callbacks).fit()
         return history[history["split"] == "train"], model
 
     plain, plain_model = run([])

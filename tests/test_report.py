@@ -109,3 +109,75 @@ def test_zoo_section_matches_the_references(tmp_path):
     assert (exact["params_delta"].drop(index="small_inception") == 0).all()
     assert zoo.loc["inception_v3", "conv_fc_gmacs"] == pytest.approx(5.713, abs=1e-3)
     assert zoo.loc["inception_resnet_v2", "top1_err"] == 19.9
+
+
+# ---------------------------------------------------------------------------- the counting and factorization sections
+def _drawn(section: Section) -> list[str]:
+    """Draw every figure of ``section`` (closing it after); returns the stems."""
+    for figure in section.figures:
+        drawn = figure.draw()
+        assert isinstance(drawn, plt.Figure) and drawn.axes, figure.stem
+        plt.close(drawn)
+    return [figure.stem for figure in section.figures]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cost_by_grid_section_on_two_small_models(monkeypatch):
+    """Two models at small inputs instead of the zoo at native size: every MAC of each model lands in its long
+    table, and the wide table has one column per spatial grid, largest first."""
+    from analysis.counting import count_model, create_model_for_counting, totals
+
+    sizes = {"small_inception": 32, "googlenet": 64, "inception_v3": 75}  # inception_v3: the notes' convention line
+    counts = {name: count_model(create_model_for_counting(name), input_size=size) for name, size in sizes.items()}
+    monkeypatch.setattr(report_sections, "list_models", lambda: ["googlenet", "small_inception"])
+    monkeypatch.setattr(report_sections, "_counts", counts.__getitem__)
+    section = report_sections.cost_by_grid_section("quick", 0)
+    wide, long = (table.frame for table in section.tables)
+    assert [table.stem for table in section.tables] == ["gmacs_by_grid", "cost_by_grid"]
+    assert wide["model"].tolist() == ["googlenet", "small_inception"]
+    assert list(wide.columns) == ["model", "32x32", "16x16", "8x8", "4x4", "2x2", "1x1"]
+    for name in ("googlenet", "small_inception"):
+        assert long.loc[long["model"] == name, "macs"].sum() == totals(counts[name])["macs"]
+        spatial = long[(long["model"] == name) & long["grid"].str.contains("x")]
+        assert wide.set_index("model").loc[name].sum() == pytest.approx(spatial["gmacs"].sum(), abs=4e-3)
+    assert wide.set_index("model").loc["small_inception", "4x4"] == 0.0  # its last stage runs at 8x8
+    assert section.tables[0].notes[0].startswith("MACs: fvcore counts one fused multiply-add")
+    assert _drawn(section) == ["gmacs_by_grid"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_factorization_section_on_one_small_study(monkeypatch):
+    """The study at grids 16 and 17 with 8 channels, a fixed whole-model table: the 17x17 table, the notes naming
+    each whole-model variant; a study whose measured cost left its closed form stops the section."""
+    from analysis.factorization import factorization_study
+
+    study = factorization_study(grids=[16, 17], channels=8)
+    undo = pd.DataFrame({"group": ["inception_v3", "inception_v3"], "model": ["inception_v3", "inception_v3"],
+                         "knobs": ["(defaults)", "factorize_a=False"], "variant": ["as released", "5x5 back"],
+                         "params": [23_834_568, 23_880_072], "params_delta": [0, 45_504]})
+    monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: study)
+    monkeypatch.setattr(report_sections, "undo_factorization_table", lambda: undo)
+    section = report_sections.factorization_section("quick", 0)
+    at_17, everything, whole = (table.frame for table in section.tables)
+    assert (at_17.columns[:3].tolist(), len(at_17)) == (["scheme", "n", "form"], 8)  # 4 schemes x 2 forms
+    assert everything is study and "variant" not in whole.columns and len(whole) == 2
+    assert section.tables[2].notes[1:] == ["inception_v3 (defaults): as released",
+                                           "inception_v3 factorize_a=False: 5x5 back"]
+    assert at_17.set_index(["scheme", "n", "form"]).loc[("nxn->1xn+nx1", 7, "factorized"), "ratio"] == 2 / 7
+    assert _drawn(section) == ["factorization_saving_by_grid"]
+    broken = study.assign(exact=[True] * (len(study) - 1) + [False])
+    monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: broken)
+    with pytest.raises(RuntimeError, match="differs from its closed form"):
+        report_sections.factorization_section("quick", 0)
+
+
+def test_experiment_sections_call_their_experiments_section(monkeypatch):
+    from analysis.experiments import EXPERIMENTS, load_experiment
+
+    builders = dict(report_sections.SECTIONS)
+    for name in EXPERIMENTS:
+        calls = []
+        monkeypatch.setattr(load_experiment(name), "section",
+                            lambda mode, seed, name=name: calls.append((mode, seed)) or Section(title=name))
+        assert builders[name]("full", 3).title == name and calls == [("full", 3)]
+        assert builders[name].__name__ == f"{name}_section"

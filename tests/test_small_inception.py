@@ -13,45 +13,19 @@ from inception_models import create_model, model_info
 from inception_models.small_inception import (
     MIN_INPUT_SIZE,
     PAPER_PARAMS,
-    SMALL_INCEPTION_STAGES,
     DownsampleModule,
     InceptionModule,
     stage_grid_sizes,
 )
 
 from helpers import n_params
+from helpers import small_inception_params as closed_form_params
 
 PARAMS_BN = 1_651_114  # counted; = Zhang et al.'s 1,649,402 + 1,712 BN scales (their BN has no gamma)
 BN_CHANNELS = 1_712
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def closed_form_params(*, bn: bool = True, width_mult: float = 1.0, classes: int = 10,
-                       factorize_stages: tuple[int, ...] = ()) -> int:
-    """Fig. 3 counted by hand: a k_h x k_w conv has k_h*k_w*c_in*c_out weights plus per output channel BN's
-    gamma and beta (2) or a bias (1); a factorised 3x3 branch is 1x3 (c_in -> c) then 3x1 (c -> c)."""
-    per_channel = 2 if bn else 1
-
-    def conv(k: int, c_in: int, c_out: int) -> int:
-        return k * c_in * c_out + per_channel * c_out
-
-    def w(c: int) -> int:
-        return max(1, round(c * width_mult))
-
-    c_in = w(96)
-    total = conv(9, 3, c_in)
-    for stage, (modules, downsample) in enumerate(SMALL_INCEPTION_STAGES):
-        for ch1, ch3 in modules:
-            a, b = w(ch1), w(ch3)
-            branch3 = conv(3, c_in, b) + conv(3, b, b) if stage in factorize_stages else conv(9, c_in, b)
-            total += conv(1, c_in, a) + branch3
-            c_in = a + b
-        if downsample is not None:
-            total += conv(9, c_in, w(downsample))
-            c_in += w(downsample)
-    return total + c_in * classes + classes
 
 
 def test_parameter_count_matches_the_paper() -> None:

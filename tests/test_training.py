@@ -360,6 +360,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_ddp(out_dir: Path, tries: int = 3) -> None:
+    """Two gloo workers that join through the trainer's own env:// rendezvous on a free port. The port is free
+    when picked, but another process may take it before rank 0 listens on it: then rank 0 fails with EADDRINUSE
+    and the pair is spawned again on a new port, in a clean folder."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    for attempt in range(tries):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            mp.spawn(_ddp_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+            return
+        except mp.ProcessRaisedException as err:
+            if "EADDRINUSE" not in str(err) or attempt == tries - 1:
+                raise
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
@@ -371,9 +389,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow  # about 5 s on an idle 2-core machine, 30 s on a busy one: two spawned interpreters
 def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    _spawn_ddp(tmp_path / "ddp")
 
     torch.manual_seed(0)
     single = Trainer(ToyNet(dropout=0.0), toy_config(tmp_path / "one", steps=8, batch_size=16), toy_data(64)).fit()

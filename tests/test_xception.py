@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -10,8 +11,6 @@ from inception_models import create_model, model_info
 from inception_models.xception import SeparableConv2d, Xception, XceptionBlock
 
 from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params
-
-timm = pytest.importorskip("timm")
 
 REFERENCE_PARAMS = 22_855_952  # timm 1.0.31 legacy_xception = the paper's Table 3 model, shared/REFERENCES.md
 REFERENCE_GMACS = 8.357
