@@ -76,7 +76,7 @@ def parse_range(text: str) -> list[int]:
 @app.command()
 def models(fmt: FormatOption = Format.table) -> None:
     """The registered models: paper, year, input sizes, counted parameters and the reference count."""
-    from analysis.zoo import zoo_table
+    from analysis.instruments.zoo import zoo_table
 
     table = zoo_table()
     notes = []
@@ -103,7 +103,7 @@ def summary(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Parameters and MACs (fvcore) of one model per module, block, stage or grid, with the totals."""
-    from analysis.counting import count_model, create_model_for_counting, summarize, table_notes
+    from analysis.instruments.counting import count_model, create_model_for_counting, summarize, table_notes
     from inception_models import model_info
 
     info = model_info(model)
@@ -121,8 +121,8 @@ def factorize(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Factorization study: 5x5 vs two 3x3 and n x n vs 1 x n + n x 1, measured with fvcore at each grid size."""
-    from analysis.counting import MAC_CONVENTION
-    from analysis.factorization import factorization_study, undo_factorization_table
+    from analysis.instruments.counting import MAC_CONVENTION
+    from analysis.instruments.factorization import factorization_study, undo_factorization_table
 
     if whole_model:
         _emit(undo_factorization_table(), fmt, title="Undoing the factorizations in whole models",
@@ -193,7 +193,8 @@ def dead_units(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Dead channels (never positive on any sample) of the layer before average pooling, or of every layer."""
-    from analysis.activations import PREPOOL, find_dead_units
+    from analysis.instruments.activations import PREPOOL
+    from analysis.instruments.dead_units import find_dead_units
     from analysis.data import build_dataset, make_loader
     from inception_models import create_model, model_info
 
@@ -283,7 +284,7 @@ def budgets_check(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Check every budget in FILE; exits 1 when any is exceeded."""
-    from analysis.budgets import check_budgets, overshoot_message
+    from analysis.instruments.budgets import check_budgets, overshoot_message
 
     rows = check_budgets(file)
     _emit(rows, fmt, title=f"Budgets in {file}")

@@ -13,12 +13,12 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.counting import MAC_CONVENTION, count_model, create_model_for_counting, summarize, table_notes
+from analysis.instruments.counting import MAC_CONVENTION, count_model, create_model_for_counting, summarize, table_notes
 from analysis.experiments import EXPERIMENTS, load_experiment
-from analysis.factorization import factorization_study, undo_factorization_table
+from analysis.instruments.factorization import factorization_study, undo_factorization_table
 from analysis.figures import bar_params_macs, lines, stacked_by_grid
 from analysis.report import Figure, Mode, Section, Table
-from analysis.zoo import published_errors, zoo_table
+from analysis.instruments.zoo import published_errors, zoo_table
 from inception_models import list_models, model_info
 
 # The paper's "sweet spot" for 1 x n / n x 1 factorisation (Inception-v3, sec. 3.2): m x m grids, 12 <= m <= 20.

@@ -22,7 +22,7 @@ logits:
   applies BN to the side head too).
 
 The factorisation switches undo one factorisation each, so its cost can be measured
-(:mod:`analysis.factorization`). They touch only the Inception-A/B/C blocks, the modules the paper's figures
+(:mod:`analysis.instruments.factorization`). They touch only the Inception-A/B/C blocks, the modules the paper's figures
 factorise, as in ``inception_v4``: the stem and the reduction blocks (Reduction-B's 1x7/7x1 pair included,
 which Fig. 10 does not have) keep their layers in every variant.
 

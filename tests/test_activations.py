@@ -9,13 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from analysis.activations import (
-    ActivationMonitor,
-    DeadUnitAlarm,
-    dead_channels,
-    find_dead_units,
-    prepool_layer,
-)
+from analysis.instruments.activations import ActivationMonitor, prepool_layer
+from analysis.instruments.dead_units import DeadUnitAlarm, dead_channels, find_dead_units
 from inception_models import create_model
 from inception_models.layers import ConvNormAct
 
@@ -320,7 +315,7 @@ def test_alarm_fires_and_logs_on_a_run_that_dies(caplog):
     torch.manual_seed(0)
     model = SmallNet()
     alarm = DeadUnitAlarm(every=2, threshold=1.0)
-    with caplog.at_level(logging.WARNING, logger="analysis.activations"):
+    with caplog.at_level(logging.WARNING, logger="analysis.instruments.dead_units"):
         trainer = run_fake(model, alarm, steps=10, die_at=5)
     # windows are steps 1-2, 3-4, 5-6 (dies in the forward of step 6), ...: first all-dead window ends at step 8
     assert [s for s, _ in trainer.metrics] == [2, 4, 6, 8, 10]
@@ -376,7 +371,7 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
 def test_alarm_counts_only_the_training_forward_beside_a_landscape_probe():
     """The probe runs K extra train-mode forwards per step and the trainer evaluates: neither enters the window."""
     training = pytest.importorskip("analysis.training")
-    from analysis.landscape import LandscapeProbe
+    from analysis.instruments.line_search import LandscapeProbe
 
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g))

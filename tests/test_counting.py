@@ -13,7 +13,7 @@ import torchvision
 from fvcore.nn import FlopCountAnalysis, parameter_count
 from torch import nn
 
-from analysis.counting import (
+from analysis.instruments.counting import (
     COLUMNS,
     count_model,
     create_model_for_counting,

@@ -10,17 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.landscape import (
-    LandscapeProbe,
-    default_etas,
+from analysis.instruments.landscape import (
     filter_normalized_direction,
     hessian_top_eigenvalue,
     hessian_trace,
     hvp,
-    line_search_probe,
     loss_slice_1d,
     loss_slice_2d,
 )
+from analysis.instruments.line_search import LandscapeProbe, default_etas, line_search_probe
 
 EIGENVALUES = [5.0, 2.0, 1.0, 0.5]
 

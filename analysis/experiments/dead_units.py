@@ -9,7 +9,7 @@ The experiment trains Inception-ResNet (v1 and/or v2 blocks, at reduced depth an
 is widened to ``width`` channels (the model's ``final_width`` knob), with every residual scaled by ``scale``
 (the same factor on all three stages), over a grid of widths x scales x learning rates, plus the control:
 the same widths with the shortcuts removed (``residual=False``, an Inception-v4-like net with the same layers).
-During training :class:`analysis.activations.DeadUnitAlarm` records, every ``monitor_every`` steps, the dead
+During training :class:`analysis.instruments.dead_units.DeadUnitAlarm` records, every ``monitor_every`` steps, the dead
 fraction of the layer before global average pooling over the training forwards of that window (BN in train
 mode; **dead** = never > 0 at any position of any sample of the window). At the end the same layer is also
 measured once on the validation set with BN in eval mode (running statistics). A run whose loss turns NaN/inf
@@ -171,7 +171,7 @@ def _scale_label(residual: bool, scale: float | None) -> str:
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one point and return its curve (one row per monitored step, :data:`CURVE_COLUMNS` +
     :data:`POINT_COLUMNS`). A diverged run keeps its curve up to the last report and sets ``diverged``."""
-    from analysis.activations import DeadUnitAlarm, find_dead_units
+    from analysis.instruments.dead_units import DeadUnitAlarm, find_dead_units
     from analysis.training import TrainConfig, Trainer, TrainingDiverged
     from inception_models import create_model
 

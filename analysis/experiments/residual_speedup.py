@@ -175,7 +175,7 @@ def _knobs(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cost(point: dict[str, Any]) -> tuple[int, float]:
-    from analysis.counting import count_model, create_model_for_counting, totals
+    from analysis.instruments.counting import count_model, create_model_for_counting, totals
 
     model = create_model_for_counting(point["model"], **_knobs(point))
     counted = totals(count_model(model, input_size=int(point["image_size"])))

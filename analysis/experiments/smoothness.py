@@ -8,7 +8,7 @@ beta-smoothness (``max_eta ||g - grad L(w - eta g)|| / ||eta g||``) is lower, at
 The experiment trains the same network (:func:`inception_models.small_inception` at ``width_mult``) with
 ``norm="bn"``, ``norm="none"`` and optionally Santurkar's "noisy BN" (:class:`BatchNormNoise`), identically: plain
 SGD at one fixed learning rate, same data order, same batch. Every ``probe_every`` steps
-:class:`analysis.landscape.LandscapeProbe` runs the line search on the step's own minibatch at step sizes
+:class:`analysis.instruments.line_search.LandscapeProbe` runs the line search on the step's own minibatch at step sizes
 ``[1/2, 4] x lr`` (BN in train mode, the trainer's gradient reused) and, every ``eigen_every`` steps, the top
 Hessian eigenvalue by power iteration.
 
@@ -385,7 +385,7 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one run and return its rows (:data:`RUN_COLUMNS`): one ``train`` row per step (the trainer's
     convention: ``step`` = updates done, ``loss`` = that step's minibatch loss before its update), ``val`` rows,
     and ``probe`` rows (``step`` = updates already applied to the probed weights)."""
-    from analysis.landscape import LandscapeProbe
+    from analysis.instruments.line_search import LandscapeProbe
     from analysis.training import TrainConfig, Trainer, TrainingDiverged
 
     with shared.threads(int(point["threads"])):
