@@ -162,14 +162,29 @@ def train(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Train a model (any device, AMP, DDP under torchrun); prints the last logged metrics."""
-    from analysis.training import train_from_cli
+    from analysis.data import build_dataset
+    from analysis.training.config import TrainConfig
+    from analysis.training.trainer import Trainer, seed_everything
+    from inception_models import create_model, model_info
 
-    log = train_from_cli(model, data, steps=steps, epochs=epochs, out=out, resume=resume, device=device, amp=amp,
-                         compile=compile, channels_last=channels_last, batch_size=batch_size, lr=lr,
-                         optimizer=optimizer, preset=preset, image_size=image_size, n_train=n_train, n_val=n_val,
-                         seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                         label_smoothing=label_smoothing, aux_weight=aux_weight, grad_clip=grad_clip,
-                         model_kwargs=parse_knobs(knob))
+    knobs = parse_knobs(knob)
+    info = model_info(model)
+    size = info.input_size if image_size is None else image_size
+    train_set = build_dataset(data, "train", size, n=n_train)
+    val_set = build_dataset(data, "val", size, n=n_val)
+    num_classes = getattr(train_set, "num_classes", None)
+    if num_classes is not None and "num_classes" in info.knobs:
+        knobs.setdefault("num_classes", int(num_classes))
+    # Options given explicitly override the preset's recipe; the others keep the preset's (or TrainConfig's) values.
+    recipe = {k: v for k, v in dict(optimizer=optimizer, lr=lr, batch_size=batch_size, label_smoothing=label_smoothing,
+                                    aux_weight=aux_weight, grad_clip=grad_clip).items() if v is not None}
+    run = dict(model=model, model_kwargs=knobs, data=data, steps=steps, epochs=epochs, out_dir=out, resume=resume,
+               device=device, amp=amp, compile=compile, channels_last=channels_last, seed=seed,
+               eval_every=eval_every, checkpoint_every=checkpoint_every)
+    config = TrainConfig.preset(preset, **run, **recipe) if preset else TrainConfig(**run, **recipe)
+    config.validate()
+    seed_everything(seed)  # before building, so the seed decides the initialisation
+    log = Trainer(create_model(model, **knobs), config, train_set, val_set).fit()
     _emit(log.tail(5), fmt, title=f"{model}: last logged steps (full log: {out}/metrics.jsonl)")
 
 
@@ -193,9 +208,11 @@ def dead_units(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Dead channels (never positive on any sample) of the layer before average pooling, or of every layer."""
+    from analysis.data import build_dataset
     from analysis.instruments.activations import PREPOOL
     from analysis.instruments.dead_units import find_dead_units
-    from analysis.data import build_dataset, make_loader
+    from analysis.training.checkpoint import load_checkpoint
+    from analysis.training.sampling import make_loader
     from inception_models import create_model, model_info
 
     info = model_info(model)
@@ -206,8 +223,6 @@ def dead_units(
         knobs["num_classes"] = int(getattr(dataset, "num_classes", 1000))
     net = create_model(model, weights=weights, **knobs) if weights else create_model(model, **knobs)
     if checkpoint is not None:
-        from analysis.training import load_checkpoint
-
         net.load_state_dict(load_checkpoint(checkpoint)["model"])
     loader = make_loader(dataset, batch_size)
     result = find_dead_units(net, loader, layers=None if all_layers else PREPOOL, mode=mode.value, max_batches=batches)
@@ -295,7 +310,7 @@ def budgets_check(
 
 def main() -> None:
     """Console entry point: run the app, turning bad input into one clear line on stderr."""
-    from analysis.training import TrainingDiverged
+    from analysis.training.trainer import TrainingDiverged
 
     try:
         app()

@@ -10,9 +10,7 @@ Three sources, one spec string each (the CLI's ``--data``), built by :func:`buil
 Every source gives tensors scaled to [-1, 1] (mean 0.5, std 0.5 per channel, the Inception convention) and
 carries ``classes`` and ``num_classes``.
 
-The data order is a pure function of ``(seed, epoch)``: :func:`epoch_order` (the trainer draws its
-batches from it too), drawn by :class:`EpochSampler`, whose ``set_epoch(epoch,
-start)`` makes a loader replay any epoch from any position, which is what a resumed run needs.
+The order in which the samples are drawn is :mod:`analysis.training.sampling`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 __all__ = [
     "DATA_SCHEMES",
@@ -35,15 +33,12 @@ __all__ = [
     "SHAPE_CLASSES",
     "SYNTHETIC_SIZE_RANGE",
     "CIFAR10Folder",
-    "EpochSampler",
     "SyntheticShapes",
     "build_dataset",
-    "epoch_order",
     "inception_eval_transform",
     "inception_train_transform",
     "load_cifar10",
     "load_image_folder",
-    "make_loader",
     "make_synthetic",
 ]
 
@@ -590,72 +585,3 @@ def build_dataset(
     train_like = split == "train" and augment
     transform = inception_train_transform(size) if train_like else inception_eval_transform(size)
     return load_image_folder(folder, transform)
-
-
-# ========================================================================================== the data order
-def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of sample indices for ``epoch``: a pure function of ``(num_samples, seed, epoch)``.
-
-    The trainer uses it too, so a loader from :func:`make_loader` visits samples in the trainer's order.
-    """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(1)[0]
-    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(int(state)))
-
-
-class EpochSampler(Sampler[int]):
-    """Sample indices in :func:`epoch_order` (or in order when ``shuffle`` is False), from position ``start``.
-
-    Call ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``: the order never depends on
-    how many times the sampler was iterated, only on ``(seed, epoch)``, so a resumed run calls
-    ``set_epoch(epoch, start=batches_done * batch_size)`` and sees exactly the rest of the interrupted epoch.
-    """
-
-    def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, start: int = 0) -> None:
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        self.num_samples = num_samples
-        self.shuffle = shuffle
-        self.seed = seed
-        self.set_epoch(epoch, start)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch (and the number of its leading samples to skip) the next iteration replays."""
-        if not 0 <= start <= self.num_samples:
-            raise ValueError(f"start must be in [0, {self.num_samples}], got {start}")
-        self.epoch = epoch
-        self.start = start
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch) if self.shuffle else torch.arange(self.num_samples)
-        return iter(order[self.start:].tolist())
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    *,
-    epoch: int = 0,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A ``DataLoader`` whose order is a pure function of ``(seed, epoch)``: an :class:`EpochSampler` (reach it
-    as ``loader.sampler`` and call ``set_epoch`` each epoch) and a generator seeded with ``seed`` (workers'
-    seeds, hence any random augmentation in workers, follow from it)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch)  # type: ignore[arg-type]
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(int(seed)),
-    )

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.data import make_loader, make_synthetic
+from analysis.data import make_synthetic
+from analysis.training.sampling import make_loader
 from analysis.tables import render
 from inception_models import create_model
 

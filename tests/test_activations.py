@@ -11,6 +11,8 @@ from torch import nn
 
 from analysis.instruments.activations import ActivationMonitor, prepool_layer
 from analysis.instruments.dead_units import DeadUnitAlarm, dead_channels, find_dead_units
+from analysis.training.config import TrainConfig
+from analysis.training.trainer import Trainer
 from inception_models import create_model
 from inception_models.layers import ConvNormAct
 
@@ -343,7 +345,6 @@ def test_alarm_requests_a_stop_and_stays_quiet_on_a_healthy_run():
 
 def test_alarm_with_the_real_trainer_stops_a_dying_run():
     """The classic dying ReLU: positive inputs and a huge learning rate push every pre-pool unit negative."""
-    training = pytest.importorskip("analysis.training")
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -358,9 +359,9 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
     x, y = torch.randn(64, 3, 8, 8, generator=g) + 2.0, torch.randint(0, 4, (64,), generator=g)
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2, stop=True)
-    config = training.TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0,
+    config = TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0,
                                   log_every=1, progress=False)
-    history = training.Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
+    history = Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
     assert alarm.alarm_step is not None and alarm.alarm_step < 40
     train = history[history["split"] == "train"]
     assert train["step"].max() == alarm.alarm_step  # stopped right after the alarm
@@ -370,16 +371,15 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
 
 def test_alarm_counts_only_the_training_forward_beside_a_landscape_probe():
     """The probe runs K extra train-mode forwards per step and the trainer evaluates: neither enters the window."""
-    training = pytest.importorskip("analysis.training")
     from analysis.instruments.line_search import LandscapeProbe
 
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g))
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2)
-    config = training.TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1,
+    config = TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1,
                                   log_every=1, progress=False)
-    training.Trainer(SmallNet(), config, data, val_data=data,
+    Trainer(SmallNet(), config, data, val_data=data,
                      callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
     frame = alarm.to_frame()
     assert frame["step"].tolist() == [2, 4] and frame["samples"].tolist() == [8, 8]

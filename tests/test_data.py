@@ -13,17 +13,15 @@ from PIL import Image
 
 from analysis.data import (
     SHAPE_CLASSES,
-    EpochSampler,
     SyntheticShapes,
     build_dataset,
-    epoch_order,
     inception_eval_transform,
     inception_train_transform,
     load_cifar10,
     load_image_folder,
-    make_loader,
     make_synthetic,
 )
+from analysis.training.sampling import DataSource, EpochSampler, epoch_order, make_loader
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -328,7 +326,9 @@ def test_loader_order_is_a_function_of_seed_and_epoch() -> None:
         EpochSampler(10).set_epoch(0, start=11)
 
 
-def test_epoch_order_matches_the_trainer() -> None:
-    training = pytest.importorskip("analysis.training")
+def test_make_loader_draws_the_trainers_order() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(100))
     for seed, epoch in [(0, 0), (3, 5), (2**33 + 1, 2)]:
-        assert torch.equal(epoch_order(100, seed, epoch), training.epoch_order(100, seed, epoch))
+        loader = make_loader(data, 10, shuffle=True, seed=seed, epoch=epoch)
+        trainer_batches = DataSource.of(data, "data").epoch_loader(10, seed, epoch, 0)
+        assert [b[0].tolist() for b in loader] == [b[0].tolist() for b in trainer_batches]

@@ -17,7 +17,7 @@ from analysis.experiments import bn_speedup as bs
 from analysis.experiments import label_smoothing as ls
 from analysis.experiments import residual_speedup as rs
 from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.training.sweep import point_id
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {

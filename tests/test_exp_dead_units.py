@@ -10,7 +10,7 @@ import pytest
 
 from analysis.experiments import dead_units as du
 from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.training.sweep import point_id
 
 # Two points' worth of a model that still has the wide 1x1 last stage: one A/B/C block each, 1/16 width.
 TINY = {

@@ -14,7 +14,7 @@ from analysis.experiments import _shared as shared
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
 from analysis.report import Section
-from analysis.sweep import point_id
+from analysis.training.sweep import point_id
 
 TINY = {**fg.CONFIGS["quick"], "width_mult": 0.125, "stages": (None, 1), "seeds": 2, "n_train": 32, "n_val": 20,
         "steps": 2, "batch_size": 16, "log_every": 1, "warmup_steps": 0, "workers": 1}

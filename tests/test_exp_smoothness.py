@@ -13,7 +13,7 @@ from torch import nn
 
 from analysis.experiments import smoothness as sm
 from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.training.sweep import point_id
 from inception_models import create_model
 
 # Two variants, one lr, a 1/16-width net: 4 sweep steps and 6 probed steps of batch 8.

@@ -19,6 +19,8 @@ from analysis.instruments.landscape import (
     loss_slice_2d,
 )
 from analysis.instruments.line_search import LandscapeProbe, default_etas, line_search_probe
+from analysis.training.config import TrainConfig
+from analysis.training.trainer import Trainer
 
 EIGENVALUES = [5.0, 2.0, 1.0, 0.5]
 
@@ -327,7 +329,6 @@ def test_landscape_probe_callback_logs_and_keeps_rows():
 
 
 def test_landscape_probe_does_not_change_a_real_training_run():
-    training = pytest.importorskip("analysis.training")
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -346,7 +347,7 @@ def test_landscape_probe_does_not_change_a_real_training_run():
     def run(callbacks):
         torch.manual_seed(0)
         model = Net()
-        history = training.Trainer(model, training.TrainConfig(**config), data, callbacks=callbacks).fit()
+        history = Trainer(model, TrainConfig(**config), data, callbacks=callbacks).fit()
         return history[history["split"] == "train"], model
 
     plain, plain_model = run([])

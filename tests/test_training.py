@@ -6,6 +6,7 @@ import json
 import math
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,19 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.sweep import point_id, run_sweep
-from analysis.training import (
-    CHECKPOINT_FILE,
-    InceptionLoss,
-    RMSpropTF,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    epoch_order,
-    load_checkpoint,
-    read_metrics,
-    train_from_cli,
-)
+from analysis.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_metrics
+from analysis.training.config import TrainConfig
+from analysis.training.loss import InceptionLoss
+from analysis.training.optim import RMSpropTF
+from analysis.training.sampling import epoch_order
+from analysis.training.sweep import point_id, run_sweep
+from analysis.training.trainer import Trainer, TrainingDiverged
 from inception_models.base import InceptionOutputs
 
 NUM_CLASSES = 4
@@ -328,17 +323,26 @@ def test_torch_compile_matches_eager():
 
 
 # ------------------------------------------------------------------------------ the zoo and the CLI entry
-def test_train_from_cli_trains_a_registry_model_on_synthetic_shapes_and_resumes(tmp_path):
-    options = dict(out=tmp_path, batch_size=4, n_train=16, n_val=8, log_every=1, device="cpu", progress=False,
-                   model_kwargs={"width_mult": 0.25})
-    first = train_from_cli("small_inception", "shapes", steps=2, **options)
-    assert first["split"].tolist() == ["train", "train", "val"]
+def test_the_train_command_trains_a_registry_model_on_synthetic_shapes_and_resumes(tmp_path, monkeypatch):
+    from analysis.cli import main
+
+    def train(*options: str) -> pd.DataFrame:
+        monkeypatch.setattr(sys, "argv", ["inception-lab", "train", "small_inception", "--data", "shapes", "--out",
+                                          str(tmp_path), "--batch-size", "4", "--n-train", "16", "--n-val", "8",
+                                          "--device", "cpu", "-k", "width_mult=0.25", "--format", "csv", *options])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code in (0, None)
+        return read_metrics(tmp_path)
+
+    first = train("--steps", "2")
+    assert first["split"].tolist() == ["train", "val"]  # the last step is logged whatever the cadence
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_kwargs"] == {"width_mult": 0.25, "num_classes": 10}  # from the data set
     assert config["steps_per_epoch"] == 4
-    both = train_from_cli("small_inception", "shapes", steps=3, resume=True, **options)
-    assert both["step"].tolist() == [1, 2, 2, 3, 3]
-    assert both["loss"].iloc[:3].tolist() == first["loss"].tolist()
+    both = train("--steps", "3", "--resume")
+    assert both["step"].tolist() == [2, 2, 3, 3]
+    assert both["loss"].iloc[:2].tolist() == first["loss"].tolist()
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 3
 
 

@@ -5,7 +5,7 @@ Every experiment module ``analysis.experiments.<name>`` offers
 - ``CONFIGS: dict[str, dict]`` with at least ``"quick"`` (2 CPU cores, minutes) and ``"full"`` (a GPU);
 - ``run(config: dict, *, results_dir: str | Path | None = None, progress: bool = True) -> pandas.DataFrame``:
   the tidy results (one row per sweep point and logged step, or per point), resumable through
-  :func:`analysis.sweep.run_sweep` when ``results_dir`` is given (a re-run skips finished points);
+  :func:`analysis.training.sweep.run_sweep` when ``results_dir`` is given (a re-run skips finished points);
 - ``section(mode: str, seed: int) -> analysis.report.Section``: the report's tables, figures and verdict,
   computed by ``run(CONFIGS[mode] | {"seed": seed}, results_dir=default_results_dir(name, mode, seed))``.
 

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from analysis.callbacks import Callback
-from analysis.sweep import pending_points, point_id, read_results, run_sweep
+from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
 
 __all__ = [
     "CHANCE",
@@ -146,7 +146,7 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
                desc: str = "points", columns: Sequence[str] | None = None, numeric: Sequence[str] = (),
                flags: Sequence[str] = ()) -> pd.DataFrame:
     """Run the unfinished ``points`` into ``results_dir/results.jsonl`` (a temporary folder when None) through
-    :func:`analysis.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
+    :func:`analysis.training.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
 
     ``workers`` > 1 runs that many points at once, each in a spawned worker process (``run_point`` must be a
     module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
@@ -245,12 +245,14 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str, *,
     """Train ``model`` on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, an
     optional ``data_seed`` (default 0) and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on the training rows.
 
-    ``model`` is a built network, or a registry name that the trainer builds as ``create_model(model,
-    num_classes=10, **model_kwargs)`` after seeding with the point's ``seed`` (so the seed decides the init). A
-    NaN/inf loss (:class:`analysis.training.TrainingDiverged`) is a result: it ends the run and sets
+    ``model`` is a built network, or a registry name built here as ``create_model(model, num_classes=10,
+    **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init). A
+    NaN/inf loss (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets
     ``diverged_step``. ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace
     its criterion)."""
-    from analysis.training import TrainConfig, Trainer, TrainingDiverged
+    from analysis.training.config import TrainConfig
+    from analysis.training.trainer import Trainer, TrainingDiverged, seed_everything
+    from inception_models import create_model
 
     data_seed = int(point.get("data_seed", 0))
     train = tensors("train", int(point["n_train"]), int(point["image_size"]), data_seed)
@@ -259,11 +261,14 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str, *,
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])
     if isinstance(model, str):
-        name, model = model, None
+        name = model
         values["model_kwargs"] = {"num_classes": CLASSES, **(model_kwargs or {})}
     else:
         name = str(point.get("model", type(model).__name__))
     config = TrainConfig(model=name, progress=False, **values)
+    if isinstance(model, str):
+        seed_everything(config.seed)
+        model = create_model(name, **config.model_kwargs)
     clock = CpuClock(config.log_every)
     trainer = Trainer(model, config, train, val, callbacks=[clock, *callbacks])
     if setup is not None:

@@ -158,7 +158,7 @@ class MainHeadLoss(nn.Module):
         self.last_main = math.nan
 
     def forward(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        from analysis.training import split_outputs
+        from analysis.training.loss import split_outputs
 
         logits, _ = split_outputs(outputs)
         self.last_main = float(nn.functional.cross_entropy(logits.detach().float(), targets))

@@ -13,7 +13,7 @@ convolutions carry a bias) at ``base_lr`` x each of ``multipliers``, several see
 Steps to a target validation accuracy are read off the validation curve; the target is the BN paper's: what the
 network without BN reaches at the base rate (``target_fraction`` x its mean best validation accuracy), but at
 least chance + 3 standard errors, so that a baseline stuck at chance still gives a meaningful target. A run that
-diverges (a NaN/inf loss: :class:`analysis.training.TrainingDiverged`) is recorded as such, not raised, and
+diverges (a NaN/inf loss: :class:`analysis.training.trainer.TrainingDiverged`) is recorded as such, not raised, and
 like a run that never reached the target it counts as the whole budget (a lower bound).
 
 ``run(config) -> DataFrame`` gives one row per point and logged step (``split`` "train"/"val"); :func:`per_seed`

@@ -13,7 +13,7 @@ During training :class:`analysis.instruments.dead_units.DeadUnitAlarm` records, 
 fraction of the layer before global average pooling over the training forwards of that window (BN in train
 mode; **dead** = never > 0 at any position of any sample of the window). At the end the same layer is also
 measured once on the validation set with BN in eval mode (running statistics). A run whose loss turns NaN/inf
-(:class:`analysis.training.TrainingDiverged`) is a result: it is recorded as diverged, its curve up to there
+(:class:`analysis.training.trainer.TrainingDiverged`) is a result: it is recorded as diverged, its curve up to there
 kept.
 
 ``run(config) -> DataFrame`` gives one row per point and monitored step; :func:`summarise` one row per point;
@@ -172,7 +172,8 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one point and return its curve (one row per monitored step, :data:`CURVE_COLUMNS` +
     :data:`POINT_COLUMNS`). A diverged run keeps its curve up to the last report and sets ``diverged``."""
     from analysis.instruments.dead_units import DeadUnitAlarm, find_dead_units
-    from analysis.training import TrainConfig, Trainer, TrainingDiverged
+    from analysis.training.config import TrainConfig
+    from analysis.training.trainer import Trainer, TrainingDiverged
     from inception_models import create_model
 
     with shared.threads(int(point["threads"])):
@@ -183,11 +184,11 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
             point["model"], num_classes=10, block_counts=tuple(point["block_counts"]),
             width_mult=point["width_mult"], final_width=point["width"], residual=point["residual"],
             residual_scale=1.0 if point["scale"] is None else point["scale"], drop_rate=point["drop_rate"])
-        extra = dict(rmsprop_decay=0.9, rmsprop_eps=1.0) if point["optimizer"] == "rmsprop" else {}
+        # RMSProp's decay and epsilon are TrainConfig's defaults, the papers' 0.9 and 1.0.
         config = TrainConfig(model=point["model"], steps=point["steps"], batch_size=point["batch_size"],
                              optimizer=point["optimizer"], lr=point["lr"], momentum=point["momentum"],
                              weight_decay=point["weight_decay"], seed=point["seed"], device=point["device"],
-                             log_every=point["monitor_every"], progress=False, **extra)
+                             log_every=point["monitor_every"], progress=False)
         alarm = DeadUnitAlarm(every=point["monitor_every"], dormant_threshold=point["dormant_threshold"])
         trainer = Trainer(model, config, train, val, callbacks=[alarm])
         start = time.perf_counter()

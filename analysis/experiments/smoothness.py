@@ -386,7 +386,8 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     convention: ``step`` = updates done, ``loss`` = that step's minibatch loss before its update), ``val`` rows,
     and ``probe`` rows (``step`` = updates already applied to the probed weights)."""
     from analysis.instruments.line_search import LandscapeProbe
-    from analysis.training import TrainConfig, Trainer, TrainingDiverged
+    from analysis.training.config import TrainConfig
+    from analysis.training.trainer import Trainer, TrainingDiverged
 
     with shared.threads(int(point["threads"])):
         train = shared.tensors("train", point["n_train"], point["image_size"])
