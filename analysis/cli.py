@@ -162,7 +162,7 @@ def train(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Train a model (any device, AMP, DDP under torchrun); prints the last logged metrics."""
-    from analysis.data import build_dataset
+    from analysis.data.spec import build_dataset
     from analysis.training.config import TrainConfig
     from analysis.training.trainer import Trainer, seed_everything
     from inception_models import create_model, model_info
@@ -208,7 +208,7 @@ def dead_units(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Dead channels (never positive on any sample) of the layer before average pooling, or of every layer."""
-    from analysis.data import build_dataset
+    from analysis.data.spec import build_dataset
     from analysis.instruments.activations import PREPOOL
     from analysis.instruments.dead_units import find_dead_units
     from analysis.training.checkpoint import load_checkpoint

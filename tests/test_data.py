@@ -11,16 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.data import (
-    SHAPE_CLASSES,
-    SyntheticShapes,
-    build_dataset,
-    inception_eval_transform,
-    inception_train_transform,
-    load_cifar10,
-    load_image_folder,
-    make_synthetic,
-)
+from analysis.data.cifar10 import load_cifar10
+from analysis.data.imagefolder import load_image_folder
+from analysis.data.spec import build_dataset
+from analysis.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_synthetic
+from analysis.data.transforms import inception_eval_transform, inception_train_transform
 from analysis.training.sampling import DataSource, EpochSampler, epoch_order, make_loader
 
 

@@ -177,7 +177,7 @@ def test_backward_reaches_every_parameter(norm: str) -> None:
 
 def test_short_training_run_lowers_the_loss(norm: str = "bn", lr: float = 0.01) -> None:
     """100 SGD steps on the synthetic shapes (a quarter-width net, batch 32): the loss falls."""
-    from analysis.data import make_synthetic
+    from analysis.data.synthetic import make_synthetic
     from analysis.training.sampling import make_loader
 
     torch.manual_seed(0)

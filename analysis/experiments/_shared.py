@@ -104,7 +104,7 @@ def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, A
 @lru_cache(maxsize=6)
 def tensors(split: str, n: int, image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process."""
-    from analysis.data import make_synthetic
+    from analysis.data.synthetic import make_synthetic
 
     return make_synthetic(split, n, image_size, seed).tensors()
 
