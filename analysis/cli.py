@@ -239,7 +239,8 @@ def experiment(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Run one of the papers' claims as an experiment (resumable); prints its results table."""
-    from analysis.experiments import default_results_dir, load_experiment, resolve_config
+    from analysis.experiments import load_experiment, resolve_config
+    from analysis.experiments.runner import default_results_dir
 
     module = load_experiment(name)
     cfg = resolve_config(module, config, seed=seed) if "seed" in module.CONFIGS[config] else resolve_config(module, config)
@@ -257,7 +258,8 @@ def smoothness(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Santurkar et al.'s probes along training, BN vs no BN: one row per variant and probed step."""
-    from analysis.experiments import default_results_dir, load_experiment, resolve_config
+    from analysis.experiments import load_experiment, resolve_config
+    from analysis.experiments.runner import default_results_dir
 
     module = load_experiment("smoothness")
     mode = "full" if full else "quick"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -99,5 +100,81 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     fig, ax = plt.subplots(figsize=(1.2 * len(pivot.columns) + 3, 0.6 * len(pivot) + 2))
     sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": values}, vmin=vmin, vmax=vmax)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None = None, seed: str = "seed",
+               title: str = "", xlabel: str | None = None, ylabel: str | None = None, logy: bool = False,
+               per_seed: bool = False, hlines: Mapping[str, float] | None = None, sharey: bool = False) -> Any:
+    """The mean over seeds of ``y`` against ``x``, one line per ``hue`` (one panel per ``col``), with the min-max
+    band over seeds shaded: the spread the verdicts compare effects against. ``per_seed`` draws every seed's own
+    line instead (for an ``x`` such as time, whose values differ between seeds); ``hlines`` adds labelled
+    horizontal reference lines (e.g. a target accuracy); ``sharey`` one y scale for every panel. Renders only."""
+    data = frame.dropna(subset=[x, y])
+    facets = [None] if col is None else list(dict.fromkeys(data[col]))
+    hues = list(dict.fromkeys(data[hue]))
+    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 4), squeeze=False, sharey=sharey)
+    for ax, facet in zip(axes[0], facets):
+        part = data if facet is None else data[data[col] == facet]
+        for key in hues:
+            grp = part[part[hue] == key]
+            if grp.empty:
+                continue
+            if per_seed and seed in grp:
+                for i, (_, one) in enumerate(grp.groupby(seed, sort=True)):
+                    one = one.sort_values(x)
+                    ax.plot(one[x], one[y], color=palette[key], alpha=0.7, linewidth=1.2,
+                            label=f"{key}" if i == 0 else None)
+                continue
+            stats = grp.groupby(x, sort=True)[y].agg(["mean", "min", "max"]).reset_index()
+            seeds = grp[seed].nunique() if seed in grp else 1
+            ax.plot(stats[x], stats["mean"], marker="o", markersize=3, color=palette[key], label=f"{key}")
+            if seeds > 1:
+                ax.fill_between(stats[x], stats["min"], stats["max"], color=palette[key], alpha=0.2, linewidth=0)
+        for label, level in (hlines or {}).items():
+            ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(label, (0.01, level), xycoords=("axes fraction", "data"), fontsize="x-small",
+                        color="grey", va="bottom")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title if facet is None else str(facet))
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        ax.legend(title=hue, fontsize="small")
+    if col is not None and title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(bins: pd.DataFrame, *, hue: str, title: str = "Reliability diagram") -> Any:
+    """Accuracy against confidence per bin, one line per ``hue`` (bins pooled over seeds by count), the
+    diagonal of perfect calibration, and the share of samples per bin below. Renders only."""
+    hues = list(dict.fromkeys(bins[hue]))
+    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    width = float((bins["upper"] - bins["lower"]).iloc[0]) if len(bins) else 0.1
+    offsets = np.linspace(-0.3, 0.3, max(len(hues), 1)) * width if len(hues) > 1 else [0.0]
+    for offset, key in zip(offsets, hues):
+        grp = bins[bins[hue] == key]
+        pooled = grp.assign(hits=grp["accuracy"].fillna(0) * grp["count"],
+                            conf=grp["confidence"].fillna(0) * grp["count"])
+        pooled = pooled.groupby(["lower", "upper"], sort=True)[["count", "hits", "conf"]].sum().reset_index()
+        filled = pooled[pooled["count"] > 0]
+        top.plot(filled["conf"] / filled["count"], filled["hits"] / filled["count"], marker="o",
+                 color=palette[key], label=f"{hue}={key}")
+        centres = (pooled["lower"] + pooled["upper"]) / 2 + offset
+        bottom.bar(centres, pooled["count"] / max(pooled["count"].sum(), 1), width=width / max(len(hues), 1),
+                   color=palette[key], alpha=0.8)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy in bin")
+    top.set_title(title)
+    top.legend(fontsize="small")
+    bottom.set_xlabel("confidence (top softmax probability)")
+    bottom.set_ylabel("share of samples")
     fig.tight_layout()
     return fig

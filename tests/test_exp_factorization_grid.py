@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.experiments import _shared as shared
+from analysis.experiments.verdict import final_evals
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
 from analysis.report import Section
@@ -106,7 +106,7 @@ def _frames(accuracies: dict[str, list[float]]) -> tuple[pd.DataFrame, pd.DataFr
     rows = [{"point_id": f"{v}{i}", "variant": v, "grid": grids[v], "seed": i, "params": PARAMS[v], "split": "val",
              "step": 10, "loss": 1.0, "accuracy": a} for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return fg.summarise(results), shared.final_evals(results)
+    return fg.summarise(results), final_evals(results)
 
 
 @pytest.mark.parametrize("accuracies, start", [

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import load_experiment, resolve_config
-from analysis.experiments import _shared as shared
+from analysis.experiments.verdict import final_evals
 from analysis.experiments import xception_vs_v3 as xv
 from analysis.report import Section
 
@@ -107,7 +107,7 @@ def _frames(accuracies: dict[str, list[float]], params: dict[str, int] | None = 
              "seed": i, "params": params[v], "split": "val", "step": 10, "loss": 1.0, "accuracy": a}
             for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return xv.summarise(results), shared.final_evals(results)
+    return xv.summarise(results), final_evals(results)
 
 
 @pytest.mark.parametrize("accuracies, params, first, second", [

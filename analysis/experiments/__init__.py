@@ -9,13 +9,15 @@ Every experiment module ``analysis.experiments.<name>`` offers
 - ``section(mode: str, seed: int) -> analysis.report.Section``: the report's tables, figures and verdict,
   computed by ``run(CONFIGS[mode] | {"seed": seed}, results_dir=default_results_dir(name, mode, seed))``.
 
+What they share is in :mod:`~analysis.experiments.runner` (points, workers, resumability, one training run
+per point), :mod:`~analysis.experiments.verdict` (the verdict rules) and :mod:`~analysis.experiments.calibration`.
+
 :data:`EXPERIMENTS` lists them by name for the CLI (``inception-lab experiment NAME --config quick``).
 """
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
@@ -28,14 +30,6 @@ EXPERIMENTS: dict[str, str] = {
     "xception_vs_v3": "Depthwise-separable convolutions and the mid activation (Xception paper)",
     "bn_speedup": "BN-Inception vs GoogLeNet: fewer steps, higher learning rates (BN paper)",
 }
-
-RESULTS_ROOT = Path("runs") / "experiments"
-
-
-def default_results_dir(name: str, mode: str, seed: int) -> Path:
-    """Where an experiment's resumable results live: ``runs/experiments/<name>/<mode>-seed<seed>``."""
-    return RESULTS_ROOT / name / f"{mode}-seed{seed}"
-
 
 def load_experiment(name: str) -> ModuleType:
     """The experiment module ``name``; an unknown name raises a ``ValueError`` listing the known ones."""

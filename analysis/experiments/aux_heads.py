@@ -41,8 +41,17 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    INCONCLUSIVE_ONE_SEED,
+    SHOWS,
+    compare,
+    finite_evals,
+    learned_threshold,
+)
+from analysis.figures import band_lines
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = ["CONFIGS", "ARMS", "LOWER_LAYERS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS",
@@ -96,7 +105,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=10,
         eval_every=50,
         early_fraction=0.34,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     "full": dict(
         model="inception_v3",
@@ -122,7 +131,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=50,
         eval_every=250,
         early_fraction=0.34,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -190,7 +199,7 @@ class GradientReach(Callback):
 
 # ------------------------------------------------------------------------------------------------- running
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     if config["model"] not in LOWER_LAYERS:
         raise ValueError(f"model {config['model']!r} has no auxiliary heads here; use one of {sorted(LOWER_LAYERS)}")
     arms = list(config["arms"])
@@ -244,7 +253,7 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devi
 
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (arm, seed); return its logged rows and a ``final`` row (:data:`RESULT_COLUMNS`)."""
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = build_model(point)
         reach = GradientReach(model, LOWER_LAYERS[point["model"]], FIRST_LAYER[point["model"]], point["log_every"])
@@ -252,11 +261,11 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
         def wrap_criterion(trainer: Any) -> None:
             trainer.criterion = MainHeadLoss(trainer.criterion)
 
-        outcome = shared.train_point(point, model, callbacks=[reach], setup=wrap_criterion)
+        outcome = train_point(point, model, callbacks=[reach], setup=wrap_criterion)
         final: dict[str, Any] = {"split": "final", "step": outcome.trainer.step}
         if not outcome.diverged:
             # Accuracy on as many training images as the validation set has, in eval mode: the train-val gap.
-            images, labels = shared.tensors("train", int(point["n_train"]), int(point["image_size"]))
+            images, labels = tensors("train", int(point["n_train"]), int(point["image_size"]))
             n = int(point["n_val"])
             final["train_accuracy"] = _accuracy(outcome.trainer.model, images[:n], labels[:n], outcome.trainer.device)
             final["accuracy"] = outcome.trainer.evaluate()["accuracy"]
@@ -272,7 +281,7 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`: one row per point and logged step (train) or evaluation (val), one ``final`` row
     per point (main-head validation and training accuracy in eval mode)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
                              isolate=bool(config["isolate"]), progress=progress, desc=NAME,
                              columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
@@ -284,7 +293,7 @@ def per_seed(results: pd.DataFrame, early_fraction: float) -> pd.DataFrame:
     loss, and the mean gradient norms over the logged steps."""
     rows = []
     for (arm, seed), grp in results.groupby(["arm", "seed"], sort=False):
-        val = shared.finite_evals(grp[grp["split"] == "val"]).sort_values("step")
+        val = finite_evals(grp[grp["split"] == "val"]).sort_values("step")
         train = grp[grp["split"] == "train"].sort_values("step")
         final = grp[grp["split"] == "final"]
         total = float(final["step"].iloc[0]) if len(final) else float(grp["step"].max())
@@ -339,27 +348,27 @@ def verdict(seeds: pd.DataFrame, *, n_val: int, underfit_gap: float = 0.05) -> s
     heads = ok[ok["arm"] == heads_arm]
     if none.empty or heads.empty:
         return "inconclusive: the sweep lacks a finished run with and without aux heads"
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     worst = min(none["final_val_accuracy"].mean(), heads["final_val_accuracy"].mean())
     if not worst > threshold:
         return (f"inconclusive: the networks did not learn beyond chance (final validation accuracy "
                 f"{none['final_val_accuracy'].mean():.3f} without, {heads['final_val_accuracy'].mean():.3f} with "
                 f"heads; chance + 3 SE = {threshold:.3f})")
     label = ARM_LABELS[heads_arm]
-    main = shared.compare(heads["final_val_accuracy"], none["final_val_accuracy"])
+    main = compare(heads["final_val_accuracy"], none["final_val_accuracy"])
     parts = [f"{main.word}: " + main.describe(f"final validation accuracy with {label} vs without heads")]
     bn = ok[ok["arm"] == "heads_bn"]
     if heads_arm == "heads" and not bn.empty:
-        with_bn = shared.compare(bn["final_val_accuracy"], heads["final_val_accuracy"])
+        with_bn = compare(bn["final_val_accuracy"], heads["final_val_accuracy"])
         parts.append(f"BN in the heads helps: {with_bn.word}: "
                      + with_bn.describe("final validation accuracy heads with BN vs without"))
-    early = shared.compare(heads["early_val_accuracy"], none["early_val_accuracy"])
-    if early.word == shared.SHOWS:
-        no_speedup = f"{shared.DOES_NOT_SHOW} (heads ahead early beyond the seed spread)"
+    early = compare(heads["early_val_accuracy"], none["early_val_accuracy"])
+    if early.word == SHOWS:
+        no_speedup = f"{DOES_NOT_SHOW} (heads ahead early beyond the seed spread)"
     elif early.seeds < 2:
-        no_speedup = shared.INCONCLUSIVE_ONE_SEED
+        no_speedup = INCONCLUSIVE_ONE_SEED
     else:
-        no_speedup = f"{shared.SHOWS} (heads not ahead early beyond the seed spread)"
+        no_speedup = f"{SHOWS} (heads not ahead early beyond the seed spread)"
     parts.append(f"no early speed-up (v3 paper): {no_speedup}: "
                  + early.describe(f"validation accuracy at step {heads['early_step'].min():.0f}, heads vs none"))
     gap = ok["generalisation_gap"].abs().max()
@@ -382,7 +391,7 @@ def _curves_figure(results: pd.DataFrame) -> Any:
     train = results[results["split"] == "train"].assign(series="main-head training loss",
                                                         value=lambda f: f["main_loss"])
     val = results[results["split"] == "val"].assign(series="validation accuracy", value=lambda f: f["accuracy"])
-    return shared.band_lines(_labelled(pd.concat([train, val])), x="step", y="value", hue="arm", col="series",
+    return band_lines(_labelled(pd.concat([train, val])), x="step", y="value", hue="arm", col="series",
                              title="With and without auxiliary heads", ylabel="value (mean, min-max over seeds)")
 
 
@@ -390,7 +399,7 @@ def _gradient_figure(results: pd.DataFrame) -> Any:
     train = results[results["split"] == "train"]
     long = pd.concat([train.assign(layers="below the first head", value=train["grad_norm_lower"]),
                       train.assign(layers="first convolution", value=train["grad_norm_first"])])
-    return shared.band_lines(_labelled(long), x="step", y="value", hue="arm", col="layers", logy=True,
+    return band_lines(_labelled(long), x="step", y="value", hue="arm", col="layers", logy=True,
                              title="Gradient norm reaching the lower layers",
                              ylabel="L2 norm of the gradient (mean, min-max over seeds)")
 

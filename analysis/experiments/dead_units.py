@@ -30,8 +30,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import CHANCE, CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = [
@@ -83,7 +83,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=5,
         dormant_threshold=0.1,
         dead_level=0.5,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the issue's whole grid at the paper's depth (5/10/5 blocks), half width, 139 px (3x3 last grid),
     # 10k steps of the paper's RMSProp at its lr 0.045 and above. 2 x 3 x 5 x (4 + 1) = 150 runs, each in its own
@@ -110,7 +110,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=100,
         dormant_threshold=0.1,
         dead_level=0.5,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -133,7 +133,7 @@ _POINT_KEYS = ("model", "variant", "width", "residual", "scale", "lr", "seed", "
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in MODELS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; use {sorted(MODELS)}")
@@ -176,9 +176,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     from analysis.training.trainer import Trainer, TrainingDiverged
     from inception_models import create_model
 
-    with shared.threads(int(point["threads"])):
-        train = shared.tensors("train", point["n_train"], point["image_size"])
-        val = shared.tensors("val", point["n_val"], point["image_size"])
+    with threads(int(point["threads"])):
+        train = tensors("train", point["n_train"], point["image_size"])
+        val = tensors("val", point["n_val"], point["image_size"])
         torch.manual_seed(point["seed"])  # the trainer reseeds too; this makes the model's init depend on it
         model = create_model(
             point["model"], num_classes=10, block_counts=tuple(point["block_counts"]),
@@ -229,7 +229,7 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every point of ``config`` (resumable in ``results_dir``) and return the curves: one row per point and
     monitored step, columns ``point_id`` + :data:`CURVE_COLUMNS` + :data:`POINT_COLUMNS`."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
                              isolate=bool(config["isolate"]), progress=progress, desc=NAME,
                              columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
 
@@ -396,9 +396,9 @@ def section(mode: str, seed: int) -> Section:
         f"{config['monitor_every']} training steps ({samples} samples, BN in train mode); the eval column uses BN "
         f"running statistics on {config['n_val']} validation images. A point 'died' when its last window's dead "
         f"fraction is >= {config['dead_level']}. Diverged runs (NaN loss) are results, blank in the map. "
-        f"Best validation accuracy over the points: {best:.2f} (chance {shared.CHANCE:.2f})."
+        f"Best validation accuracy over the points: {best:.2f} (chance {CHANCE:.2f})."
     )
-    if not best > 2 * shared.CHANCE:
+    if not best > 2 * CHANCE:
         text += (" No point learned the task beyond chance, so this run shows whether the layer dies early under a "
                  "high learning rate, not whether a net that learns dies later, as the paper's did after tens of "
                  "thousands of iterations.")

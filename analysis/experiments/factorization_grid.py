@@ -24,8 +24,18 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import (
+    CHANCE,
+    CPU_QUICK,
+    GPU_FULL,
+    RECIPE_KEYS,
+    check_config,
+    run_points,
+    threads,
+    train_point,
+)
+from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = [
@@ -70,7 +80,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=10,
         log_every=20,
         eval_every=None,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the full-width network (1.65M parameters) on the default 10,000 training images, 5 seeds, 20 epochs.
     # Not run in this session (no GPU); the learning rate is untested at this width.
@@ -93,7 +103,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=50,
         log_every=20,
         eval_every=156,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -118,7 +128,7 @@ def _variant(stage: int | None, image_size: int) -> str:
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     stages = list(config["stages"])
     bad = [s for s in stages if s is not None and s not in (0, 1, 2)]
     if bad or not stages:
@@ -135,7 +145,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "experiment": NAME, "model": config["model"], "width_mult": config["width_mult"],
                 "factorize_stage": stage, "image_size": config["image_size"], "seed": int(config["seed"]) + i,
                 "data_seed": int(config["seed"]), "n_train": config["n_train"], "n_val": config["n_val"],
-                "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
+                "threads": config["threads"], **{k: config[k] for k in RECIPE_KEYS},
             })
     return points
 
@@ -143,8 +153,8 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one variant with one seed: :data:`RESULT_COLUMNS` rows (train log, then the final validation)."""
     stage = point["factorize_stage"]
-    with shared.threads(int(point["threads"])):
-        outcome = shared.train_point(point, point["model"], model_kwargs={
+    with threads(int(point["threads"])):
+        outcome = train_point(point, point["model"], model_kwargs={
             "width_mult": point["width_mult"], "factorize_stages": () if stage is None else (int(stage),)})
     grid = _grid_of(stage, int(point["image_size"]))
     frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
@@ -156,7 +166,7 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`, one row per point and logged step plus its final validation row."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
                              isolate=bool(config["isolate"]), progress=progress, desc=NAME,
                              columns=RESULT_COLUMNS, numeric=_NUMERIC)
 
@@ -164,8 +174,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): final validation accuracy over seeds (mean, std, min,
     max), mean validation loss and the mean accuracy minus the unfactorized network's."""
-    final = shared.final_evals(results)
-    stats = shared.seed_stats(final, ["variant"], "accuracy")
+    final = final_evals(results)
+    stats = seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(grid=("grid", "first"), params=("params", "first"),
                                                     val_loss_mean=("loss", "mean")).reset_index()
     table = stats.merge(extra, on="variant")
@@ -180,14 +190,14 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE) -> str:
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE) -> str:
     """The claim at this scale, from the numbers: "shows: ...", "does not show: ..." or "inconclusive: ...".
 
     ``summary`` is :func:`summarise`'s table, ``final`` the final validation rows (``variant``, ``grid``,
     ``accuracy``; one per seed). Medium grid: the factorized grid in 12-20 nearest 16; early: the largest
     factorized grid above 20. Every difference is judged against the seed spread.
     """
-    threshold = shared.learned_threshold(n_val, chance)
+    threshold = learned_threshold(n_val, chance)
     weak = summary.loc[summary["acc_mean"] <= threshold, "factorized_at"].tolist()
     if weak:
         return (f"inconclusive: {', '.join(map(str, weak))} did not learn beyond chance (mean accuracy <= "
@@ -201,9 +211,9 @@ def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: f
     mid_name = mid.loc[(mid["grid"] - 16).abs().idxmin(), "factorized_at"]
     early_name = early.loc[early["grid"].idxmax(), "factorized_at"]
     acc = {name: final.loc[final["variant"] == name, "accuracy"] for name in (BASELINE, mid_name, early_name)}
-    medium_vs_early = shared.compare(acc[mid_name], acc[early_name])
+    medium_vs_early = compare(acc[mid_name], acc[early_name])
     gain, spread = medium_vs_early.effect, medium_vs_early.spread
-    unfactorized_vs_medium = shared.compare(acc[BASELINE], acc[mid_name])
+    unfactorized_vs_medium = compare(acc[BASELINE], acc[mid_name])
     cost, spread_base = unfactorized_vs_medium.effect, unfactorized_vs_medium.spread
     numbers = (f"accuracy factorized at {mid_name} {acc[mid_name].mean():.3f}, at {early_name} "
                f"{acc[early_name].mean():.3f}, unfactorized {acc[BASELINE].mean():.3f}; {mid_name} minus "
@@ -269,7 +279,7 @@ def section(mode: str, seed: int) -> Section:
     config = {**CONFIGS[mode], "seed": seed}
     results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
     summary = summarise(results)
-    final = shared.final_evals(results)
+    final = final_evals(results)
     answer = verdict(summary, final, n_val=int(config["n_val"]))
     from inception_models.small_inception import stage_grid_sizes
 

@@ -33,8 +33,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    SHOWS,
+    auto_target,
+    censored_steps,
+    compare,
+    finite_evals,
+    learned_threshold,
+    run_outcome,
+)
+from analysis.figures import band_lines
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = ["CONFIGS", "VARIANTS", "ARMS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "make_points",
@@ -84,7 +95,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="cpu_s",
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: both pairs with all three arms at the paper's depth (5/10/5 blocks), half width, 139 px, the
     # paper's RMSProp (decay 0.9, eps 1.0) at lr 0.045, 3 seeds, 5,000 steps. Not run in this session (no GPU).
@@ -112,7 +123,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="time",
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -133,7 +144,7 @@ _POINT_KEYS = ("block_counts", "width_mult", "image_size", "drop_rate", "n_train
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in VARIANTS]
     if unknown or not config["variants"]:
         raise ValueError(f"variants must be a non-empty subset of {sorted(VARIANTS)}, got {list(config['variants'])}")
@@ -186,12 +197,12 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (variant, arm, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
     from inception_models import create_model
 
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], **_knobs(point))
         params = sum(p.numel() for p in model.parameters())
         gmacs = _cost(point)[1] if point["count_macs"] else math.nan
-        outcome = shared.train_point(point, model)
+        outcome = train_point(point, model)
     frame = outcome.curve(params=params, gmacs=gmacs,
                           **{key: point[key] for key in ("variant", "arm", "model", "seed")})
     # A validation row takes the CPU time of the training row logged at the same step.
@@ -204,7 +215,7 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
                              isolate=bool(config["isolate"]), progress=progress, desc=NAME,
                              columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
@@ -212,17 +223,17 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     """The target validation accuracy: ``config["target"]`` when given; otherwise ``target_fraction`` x the mean
     best validation accuracy of the weakest arm (the lowest such mean), but at least chance + 3 standard errors
-    (:func:`analysis.experiments._shared.auto_target`): every arm gets about there, so the question is who gets
+    (:func:`analysis.experiments.verdict.auto_target`): every arm gets about there, so the question is who gets
     there first, the BN paper's way of asking."""
     if config["target"] is not None:
         return float(config["target"])
-    val = shared.finite_evals(results[results["split"] == "val"])
+    val = finite_evals(results[results["split"] == "val"])
     if val.empty:
-        return shared.learned_threshold(int(config["n_val"]))
+        return learned_threshold(int(config["n_val"]))
     best = val.groupby(["variant", "arm", "seed"], sort=False)["accuracy"].max().reset_index()
     weakest = best.groupby(["variant", "arm"], sort=False)["accuracy"].mean().idxmin()
     reference = best.set_index(["variant", "arm"]).loc[[weakest], "accuracy"]
-    return shared.auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
+    return auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
                               n_val=int(config["n_val"]))
 
 
@@ -232,9 +243,9 @@ def per_seed(results: pd.DataFrame, target: float, budget: int, time_axis: str =
     validation accuracy, last training loss, time per step, divergence."""
     rows = []
     for (variant, arm, seed), grp in results.groupby(["variant", "arm", "seed"], sort=False):
-        outcome = shared.run_outcome(grp, target)
+        outcome = run_outcome(grp, target)
         steps = outcome["steps_to_target"]
-        val = shared.finite_evals(grp[grp["split"] == "val"])
+        val = finite_evals(grp[grp["split"] == "val"])
         time_at = val.loc[val["step"] == steps, time_axis] if not math.isnan(steps) else pd.Series(dtype=float)
         last = grp[grp["split"] == "train"].sort_values("step").dropna(subset=[time_axis]).tail(1)
         rows.append({
@@ -276,7 +287,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
     counts as ``budget`` steps. Residual nets that did not learn beyond chance make it inconclusive."""
     if seeds.empty:
         raise ValueError("verdict needs at least one per-seed row")
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     parts, words = [], []
     for variant, grp in seeds.groupby("variant", sort=False):
         res = grp[grp["arm"] == "residual"]
@@ -296,10 +307,10 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             continue
         for i, other in enumerate(others):
             arm = grp[grp["arm"] == other]
-            cmp = shared.compare([shared.censored_steps(s, budget) for s in res["steps_to_target"]],
-                                 [shared.censored_steps(s, budget) for s in arm["steps_to_target"]],
+            cmp = compare([censored_steps(s, budget) for s in res["steps_to_target"]],
+                                 [censored_steps(s, budget) for s in arm["steps_to_target"]],
                                  higher_is_better=False)
-            final = shared.compare(res["final_val_accuracy"], arm["final_val_accuracy"])
+            final = compare(res["final_val_accuracy"], arm["final_val_accuracy"])
             reached = f"reached {int(res['reached'].sum())}/{len(res)} vs {int(arm['reached'].sum())}/{len(arm)}"
             parts.append(f"{variant} vs {ARM_LABELS[other]}: {cmp.word}: "
                          + cmp.describe("steps to target", fmt=".0f") + f", {reached}; higher accuracy at the end of "
@@ -307,8 +318,8 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             if i == 0:
                 words.append(cmp.word)
     head = words[0] if len(set(words)) == 1 else (
-        shared.SHOWS if all(w == shared.SHOWS for w in words) else
-        next((w for w in words if w.startswith("inconclusive")), shared.DOES_NOT_SHOW))
+        SHOWS if all(w == SHOWS for w in words) else
+        next((w for w in words if w.startswith("inconclusive")), DOES_NOT_SHOW))
     target = float(seeds["target"].iloc[0])
     return f"{head} (target validation accuracy {target:.3f}; " + "; ".join(parts) + ")"
 
@@ -319,14 +330,14 @@ def _label(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _accuracy_by_step(results: pd.DataFrame, target: float) -> Any:
     val = _label(results[results["split"] == "val"])
-    return shared.band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
+    return band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
                              sharey=True, title="Validation accuracy",
                              ylabel="validation accuracy (mean, min-max over seeds)")
 
 
 def _loss_by_step(results: pd.DataFrame) -> Any:
     train = _label(results[results["split"] == "train"])
-    return shared.band_lines(train, x="step", y="loss", hue="arm", col="variant",
+    return band_lines(train, x="step", y="loss", hue="arm", col="variant",
                              title="Training loss", sharey=True,
                              ylabel="training loss (mean, min-max over seeds)")
 
@@ -337,7 +348,7 @@ def _by_time(results: pd.DataFrame, time_axis: str) -> Any:
                        value=rows["loss"].where(rows["split"] == "train", rows["accuracy"]),
                        arm=rows["arm"] + " (" + rows["variant"] + ")")
     label = TIME_AXES[time_axis]
-    return shared.band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
+    return band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
                              title=f"Against {label.split(' (')[0]}", xlabel=label, ylabel="value (one line per seed)")
 
 

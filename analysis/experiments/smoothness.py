@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import CLASSES, CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = [
@@ -80,7 +80,7 @@ __all__ = [
 ]
 
 NAME = "smoothness"
-CHANCE_LOSS = math.log(shared.CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
+CHANCE_LOSS = math.log(CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
 
 # variant -> (norm knob, noise after BN)
 VARIANTS: dict[str, tuple[str, bool]] = {"bn": ("bn", False), "none": ("none", False), "noisy_bn": ("bn", True)}
@@ -125,7 +125,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=1,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: half width, the paper's batch 128 and its 8 step sizes, three variants (noisy BN included), three
     # seeds, 3,000 steps on 10,000 images. Not run in this session (no GPU).
@@ -158,7 +158,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=3,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -303,7 +303,7 @@ class BatchNormNoise(Callback):
 
 # -------------------------------------------------------------------------------------------------- points
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     from inception_models import model_info
 
     info = model_info(config["model"])  # an unknown model lists the known ones
@@ -370,7 +370,7 @@ def _build_model(point: dict[str, Any], train_images: torch.Tensor) -> nn.Module
     from inception_models import create_model
 
     torch.manual_seed(point["seed"])
-    model = create_model(point["model"], num_classes=shared.CLASSES, norm=point["norm"],
+    model = create_model(point["model"], num_classes=CLASSES, norm=point["norm"],
                          width_mult=point["width_mult"])
     if point["init"] == "he":
         he_init(model)
@@ -389,9 +389,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     from analysis.training.config import TrainConfig
     from analysis.training.trainer import Trainer, TrainingDiverged
 
-    with shared.threads(int(point["threads"])):
-        train = shared.tensors("train", point["n_train"], point["image_size"])
-        val = shared.tensors("val", point["n_val"], point["image_size"])
+    with threads(int(point["threads"])):
+        train = tensors("train", point["n_train"], point["image_size"])
+        val = tensors("val", point["n_val"], point["image_size"])
         model = _build_model(point, train[0])
         callbacks: list[Callback] = []
         probe = None
@@ -451,7 +451,7 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     with contextlib.ExitStack() as stack:
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="smoothness-"))
-        collect = partial(shared.run_points, run_point=run_point, results_dir=results_dir,
+        collect = partial(run_points, run_point=run_point, results_dir=results_dir,
                           workers=int(config["workers"]), isolate=bool(config["isolate"]), progress=progress,
                           desc=NAME, columns=RUN_COLUMNS, numeric=_NUMERIC)
         points = sweep_points(config)

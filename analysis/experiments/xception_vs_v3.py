@@ -28,8 +28,18 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
+from analysis.experiments.runner import (
+    CHANCE,
+    CPU_QUICK,
+    GPU_FULL,
+    RECIPE_KEYS,
+    check_config,
+    run_points,
+    threads,
+    train_point,
+)
+from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
+from analysis.experiments.runner import default_results_dir
 from analysis.report import Figure, Section, Table
 
 __all__ = [
@@ -79,7 +89,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=10,
         eval_every=50,
         param_tolerance=0.1,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the full-width networks (21.8M / 20.8M parameters at 10 classes) at 150 px on 10,000 images, 3
     # seeds, 20 epochs. Not run in this session (no GPU); the learning rate is untested at this size.
@@ -105,7 +115,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=156,
         param_tolerance=0.1,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -118,7 +128,7 @@ _MODEL_KNOBS = ("width_mult", "drop_rate", "middle_blocks", "mid_activation")
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     for label, spec in config["variants"].items():
         if "model" not in spec:
             raise ValueError(f"variant {label!r} names no model; give dict(model='xception', ...)")
@@ -136,7 +146,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
             points.append({
                 "experiment": NAME, "variant": label, **dict(spec), "image_size": config["image_size"],
                 "seed": int(config["seed"]) + i, "data_seed": int(config["seed"]), "n_train": config["n_train"],
-                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
+                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in RECIPE_KEYS},
             })
     return points
 
@@ -145,8 +155,8 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one network with one seed: :data:`RESULT_COLUMNS` rows (train log, validation every
     ``eval_every`` steps and at the end)."""
     knobs = {k: point[k] for k in _MODEL_KNOBS if k in point}
-    with shared.threads(int(point["threads"])):
-        outcome = shared.train_point(point, point["model"], model_kwargs=knobs)
+    with threads(int(point["threads"])):
+        outcome = train_point(point, point["model"], model_kwargs=knobs)
     frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
                           cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, variant=point["variant"], model=point["model"],
                           mid_activation=bool(point.get("mid_activation", False)), seed=int(point["seed"]))
@@ -156,7 +166,7 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
                              isolate=bool(config["isolate"]), progress=progress, desc=NAME,
                              columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
 
@@ -164,8 +174,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): parameters (and their relative difference to Inception-v3's)
     and final validation accuracy over seeds."""
-    final = shared.final_evals(results)
-    stats = shared.seed_stats(final, ["variant"], "accuracy")
+    final = final_evals(results)
+    stats = seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(model=("model", "first"), mid_activation=("mid_activation", "first"),
                                                     params=("params", "first"), val_loss_mean=("loss", "mean"))
     table = stats.merge(extra.reset_index(), on="variant").rename(
@@ -187,7 +197,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
         if gap > param_tolerance:
             return (f"inconclusive: parameter counts differ by {gap:.1%} ({rows.loc[better, 'params']:,} vs "
                     f"{rows.loc[worse, 'params']:,}), more than {param_tolerance:.0%}")
-    threshold = shared.learned_threshold(n_val, chance)
+    threshold = learned_threshold(n_val, chance)
     weak = [v for v in (better, worse) if not rows.loc[v, "acc_mean"] > threshold]
     if len(weak) == 2 or (weak and both_must_learn):
         means = ", ".join(f"{rows.loc[v, 'acc_mean']:.3f}" for v in weak)
@@ -196,7 +206,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
                 "claim is about accuracy once trained") if learned else ""
         return (f"inconclusive: {' and '.join(weak)} did not learn beyond chance (mean accuracy {means} <= "
                 f"{threshold:.3f}: chance {chance:g} + 3 binomial s.e. on {n_val} images{also})")
-    comparison = shared.compare(final.loc[final["variant"] == better, "accuracy"],
+    comparison = compare(final.loc[final["variant"] == better, "accuracy"],
                                 final.loc[final["variant"] == worse, "accuracy"])
     effect, spread = comparison.effect, comparison.spread
     numbers = (f"{better} {rows.loc[better, 'acc_mean']:.3f} vs {worse} {rows.loc[worse, 'acc_mean']:.3f}, "
@@ -210,7 +220,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
     return f"does not show: the opposite held ({numbers})"
 
 
-def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
+def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
              param_tolerance: float = 0.1) -> dict[str, str]:
     """Both claims at this scale, each "shows: ...", "does not show: ..." or "inconclusive: ...".
 
@@ -219,7 +229,7 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     ``param_tolerance``) and ``"mid_activation"`` (Xception more accurate without the ReLU between depthwise
     and pointwise convolutions than with it).
 
-    A network that did not learn beyond chance (:func:`~analysis.experiments._shared.learned_threshold`) makes the first claim
+    A network that did not learn beyond chance (:func:`~analysis.experiments.verdict.learned_threshold`) makes the first claim
     inconclusive:
     it is about accuracy at equal capacity once trained, and a slow start in a short budget says nothing about
     that. The second claim is also about speed (Fig. 10: "faster convergence and better final performance"),
@@ -235,7 +245,7 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     }
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
             param_tolerance: float = 0.1) -> str:
     """:func:`verdicts` as one line for the report."""
     answers = verdicts(summary, final, n_val=n_val, chance=chance, param_tolerance=param_tolerance)
@@ -257,7 +267,7 @@ def _curves_figure(results: pd.DataFrame) -> Any:
                     label=variant)
             ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
         if value == "accuracy":
-            ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
+            ax.axhline(CHANCE, color="grey", lw=1, ls="--", label="chance")
         ax.set_xlabel("step")
         ax.set_ylabel(value)
         ax.set_title(f"{label}\n(mean, band: seed min-max)", fontsize=10)
@@ -276,7 +286,7 @@ def _final_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
         ax.scatter([i] * len(seeds), seeds, color=f"C{i}", s=20, alpha=0.7)
         ax.errorbar([i], [row["acc_mean"]], yerr=[[row["acc_mean"] - row["acc_min"]], [row["acc_max"] - row["acc_mean"]]],
                     fmt="s", color="black", capsize=5)
-    ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
+    ax.axhline(CHANCE, color="grey", lw=1, ls="--", label="chance")
     ax.set_xticks(range(len(labels)), [f"{v}\n{p / 1e3:.0f}k params" for v, p in zip(labels, summary["params"])])
     ax.set_ylabel("final validation accuracy")
     ax.set_title("Final accuracy (dots: seeds; bars: mean, seed min-max)")
@@ -290,7 +300,7 @@ def section(mode: str, seed: int) -> Section:
     config = {**CONFIGS[mode], "seed": seed}
     results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
     summary = summarise(results)
-    final = shared.final_evals(results)
+    final = final_evals(results)
     answer = verdict(summary, final, n_val=int(config["n_val"]), param_tolerance=float(config["param_tolerance"]))
     widths = sorted({spec.get("width_mult", 1.0) for spec in config["variants"].values()})
     text = (
