@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "render": "analysis.tables",
-    "write_table": "analysis.tables",
+    "render": "analysis.report.tables",
+    "write_table": "analysis.report.tables",
     "Callback": "analysis.callbacks",
     "count_model": "analysis.instruments.counting",
     "summarize": "analysis.instruments.counting",
@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "check_budgets": "analysis.instruments.budgets",
     "BudgetFileError": "analysis.instruments.budgets",
     "zoo_table": "analysis.instruments.zoo",
-    "build_report": "analysis.report",
+    "build_report": "analysis.report.build",
 }
 
 

@@ -1,7 +1,7 @@
 """The ``inception-lab`` command line.
 
 Every command that prints a table takes the same ``--format`` option (table, csv, json, markdown, latex),
-rendered by :mod:`analysis.tables`. Bad input ends in one clear line on stderr and exit code 2, never a
+rendered by :mod:`analysis.report.tables`. Bad input ends in one clear line on stderr and exit code 2, never a
 stack trace.
 """
 
@@ -35,7 +35,7 @@ FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output for
 
 
 def _emit(df, fmt: Format, *, title: str | None = None, notes=()) -> None:
-    from analysis.tables import render
+    from analysis.report.tables import render
 
     typer.echo(render(df, fmt.value, title=title, notes=notes), nl=False)
 
@@ -281,13 +281,18 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed of every experiment.")] = 0,
     section: Annotated[Optional[list[str]], typer.Option("--section", help="Only these sections (repeatable).")] = None,
     all_sections: Annotated[bool, typer.Option("--all", help="Every section, the slower claims included.")] = False,
+    results_root: Annotated[Optional[Path], typer.Option(
+        help="Where the experiments keep their resumable results, a folder per experiment, mode and seed "
+             "(default: runs/experiments).")] = None,
 ) -> None:
     """Write the paper-style report (Markdown, LaTeX, CSV, PNG) to reports/."""
-    from analysis.report import build_report
+    from analysis.experiments.runner import RESULTS_ROOT
+    from analysis.report.build import build_report
 
     if all_sections and section:
         raise ValueError("give --all or --section, not both")
-    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section)
+    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section,
+                         results_root=results_root or RESULTS_ROOT)
     typer.echo(f"wrote {index}")
 
 

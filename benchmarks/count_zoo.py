@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from analysis.instruments.counting import MAC_CONVENTION, count_model, create_model_for_counting, totals
-from analysis.tables import render
+from analysis.report.tables import render
 from inception_models import create_model, list_models, model_info
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from analysis.data.synthetic import make_synthetic
 from analysis.training.sampling import make_loader
-from analysis.tables import render
+from analysis.report.tables import render
 from inception_models import create_model
 
 TARGET_ACCURACY = 0.90  # issue 5: small_inception reaches it within 5 minutes on 2 CPU cores

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.instruments.activations import ActivationMonitor, _accumulate, prepool_layer
-from analysis.tables import render
+from analysis.report.tables import render
 
 
 def build(spec: str, num_classes: int) -> nn.Module:

@@ -23,7 +23,7 @@ from analysis.instruments.counting import (
     uncounted_ops,
     uncounted_note,
 )
-from analysis.tables import render
+from analysis.report.tables import render
 from inception_models import list_models, model_info
 
 timm = pytest.importorskip("timm")

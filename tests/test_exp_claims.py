@@ -11,6 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.experiments import aux_heads as ah
+from analysis.experiments import bn_speedup as bs
+from analysis.experiments import label_smoothing as ls
+from analysis.experiments import residual_speedup as rs
 from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
 from analysis.experiments.verdict import (
     DOES_NOT_SHOW,
@@ -24,11 +28,9 @@ from analysis.experiments.verdict import (
     learned_threshold,
     steps_to_target,
 )
-from analysis.experiments import aux_heads as ah
-from analysis.experiments import bn_speedup as bs
-from analysis.experiments import label_smoothing as ls
-from analysis.experiments import residual_speedup as rs
-from analysis.report import Section, _render_section
+from analysis.report import sections
+from analysis.report.build import render_section
+from analysis.report.document import Section
 from analysis.training.sweep import point_id
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
@@ -334,12 +336,13 @@ def test_section_renders_tables_figures_and_verdict(tiny_runs, tmp_path, monkeyp
     folder, _ = tiny_runs[name]
     module = MODULES[name]
     monkeypatch.setitem(module.CONFIGS, "quick", {**TINY[name], "seed": 0})
-    monkeypatch.setattr(module, "default_results_dir", lambda *_: folder)
+    section_module = getattr(sections, name)
+    monkeypatch.setattr(section_module, "default_results_dir", lambda *_: folder)
     monkeypatch.setattr(module, "run_point", lambda point: (_ for _ in ()).throw(AssertionError("ran again")))
-    section = module.section("quick", 0)
+    section = section_module.section("quick", 0)
     assert isinstance(section, Section) and section.tables and section.figures
     assert section.verdict.split(":")[0].split(" (")[0] in {"shows", "does not show", "inconclusive"}
-    markdown = _render_section(section, tmp_path)
+    markdown = render_section(section, tmp_path)
     for stem in stems:
         assert (tmp_path / stem).exists(), stem
     assert "Verdict at this scale" in markdown

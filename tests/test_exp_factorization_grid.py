@@ -13,7 +13,8 @@ import pytest
 from analysis.experiments.verdict import final_evals
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
-from analysis.report import Section
+from analysis.report.document import Section
+from analysis.report.sections import factorization_grid as fg_section
 from analysis.training.sweep import point_id
 
 TINY = {**fg.CONFIGS["quick"], "width_mult": 0.125, "stages": (None, 1), "seeds": 2, "n_train": 32, "n_val": 20,
@@ -136,8 +137,8 @@ def test_section_renders(tiny_run, monkeypatch, tmp_path):
 
     folder, _ = tiny_run
     monkeypatch.setitem(fg.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(fg, "default_results_dir", lambda name, mode, seed: folder)
-    section = fg.section("quick", 0)
+    monkeypatch.setattr(fg_section, "default_results_dir", lambda *_: folder)
+    section = fg_section.section("quick", 0)
     assert isinstance(section, Section)
     assert section.verdict.split(":")[0] in {"shows", "does not show", "inconclusive"}
     assert list(section.tables[0].frame.columns) == fg.SUMMARY_COLUMNS

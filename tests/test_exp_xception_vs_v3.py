@@ -11,7 +11,8 @@ import pytest
 from analysis.experiments import load_experiment, resolve_config
 from analysis.experiments.verdict import final_evals
 from analysis.experiments import xception_vs_v3 as xv
-from analysis.report import Section
+from analysis.report.document import Section
+from analysis.report.sections import xception_vs_v3 as xv_section
 
 WIDTH = 0.0625
 TINY = {**xv.CONFIGS["quick"], "seeds": 2, "n_train": 32, "n_val": 20, "steps": 2, "batch_size": 16, "log_every": 1,
@@ -153,8 +154,8 @@ def test_section_renders(tiny_run, monkeypatch):
 
     folder, _ = tiny_run
     monkeypatch.setitem(xv.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(xv, "default_results_dir", lambda name, mode, seed: folder)
-    section = xv.section("quick", 0)
+    monkeypatch.setattr(xv_section, "default_results_dir", lambda *_: folder)
+    section = xv_section.section("quick", 0)
     assert isinstance(section, Section)
     assert section.verdict.startswith("Xception vs Inception-v3 at similar parameters: ")
     assert list(section.tables[0].frame.columns) == xv.SUMMARY_COLUMNS

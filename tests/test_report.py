@@ -6,11 +6,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-import analysis.report_sections as report_sections
-from analysis.report import Figure, Section, Table, build_report
+import analysis.report.build as report_build
+from analysis.report.build import build_report
+from analysis.report.document import Figure, Section, Table
 
 
-def tiny_section(mode: str, seed: int) -> Section:
+def tiny_section(mode: str, seed: int, results_root=None) -> Section:
     frame = pd.DataFrame({"model": ["a", "b"], "params": [1_000 + seed, 2_000], "gmacs": [0.5, 1.25]})
 
     def draw() -> plt.Figure:
@@ -24,14 +25,14 @@ def tiny_section(mode: str, seed: int) -> Section:
                    figures=[Figure("tiny_bars", "Bars", draw)])
 
 
-def broken_section(mode: str, seed: int) -> Section:
+def broken_section(mode: str, seed: int, results_root=None) -> Section:
     raise RuntimeError("experiment crashed")
 
 
 @pytest.fixture
 def sections(monkeypatch):
-    monkeypatch.setattr(report_sections, "SECTIONS", [("tiny", tiny_section), ("broken", broken_section)])
-    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("tiny", "broken"))
+    monkeypatch.setattr(report_build, "SECTIONS", [("tiny", tiny_section), ("broken", broken_section)])
+    monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("tiny", "broken"))
 
 
 def test_writes_every_format_and_links_them(tmp_path, sections):
@@ -78,22 +79,22 @@ def test_bad_arguments(tmp_path, sections):
 def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
-    keys = [key for key, _ in report_sections.SECTIONS]
+    keys = [key for key, _ in report_build.SECTIONS]
     assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
-    assert set(report_sections.QUICK_SECTIONS) < set(keys)
+    assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
 def test_default_sections_per_mode(tmp_path, monkeypatch):
     ran = []
 
     def recorder(key):
-        def build(mode, seed):
+        def build(mode, seed, results_root):
             ran.append((key, mode))
             return Section(title=key)
         return build
 
-    monkeypatch.setattr(report_sections, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
-    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("a", "c"))
+    monkeypatch.setattr(report_build, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
+    monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("a", "c"))
     build_report(tmp_path / "q", progress=False)
     build_report(tmp_path / "f", mode="full", progress=False)
     build_report(tmp_path / "all", sections="all", progress=False)
@@ -103,7 +104,9 @@ def test_default_sections_per_mode(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_zoo_section_matches_the_references(tmp_path):
-    section = report_sections.zoo_section("quick", 0)
+    from analysis.report.sections.zoo import zoo_section
+
+    section = zoo_section("quick", 0)
     zoo = section.tables[0].frame.set_index("model")
     exact = zoo.dropna(subset=["ref_params"])
     assert (exact["params_delta"].drop(index="small_inception") == 0).all()

@@ -6,11 +6,14 @@ Every experiment module ``analysis.experiments.<name>`` offers
 - ``run(config: dict, *, results_dir: str | Path | None = None, progress: bool = True) -> pandas.DataFrame``:
   the tidy results (one row per sweep point and logged step, or per point), resumable through
   :func:`analysis.training.sweep.run_sweep` when ``results_dir`` is given (a re-run skips finished points);
-- ``section(mode: str, seed: int) -> analysis.report.Section``: the report's tables, figures and verdict,
-  computed by ``run(CONFIGS[mode] | {"seed": seed}, results_dir=default_results_dir(name, mode, seed))``.
+- the reductions of that frame (``summarise``, ...) and ``verdict``, the answer computed from them.
+
+The report renders each one (:mod:`analysis.report.sections`): it calls ``run(CONFIGS[mode] | {"seed": seed},
+results_dir=default_results_dir(name, mode, seed, results_root))`` and draws tables and figures from the frames.
 
 What they share is in :mod:`~analysis.experiments.runner` (points, workers, resumability, one training run
-per point), :mod:`~analysis.experiments.verdict` (the verdict rules) and :mod:`~analysis.experiments.calibration`.
+per point), :mod:`~analysis.experiments.verdict` (the verdict rules), :mod:`~analysis.experiments.calibration`
+and :mod:`~analysis.experiments.norm_variants` (what the batch-norm experiments vary).
 
 :data:`EXPERIMENTS` lists them by name for the CLI (``inception-lab experiment NAME --config quick``).
 """

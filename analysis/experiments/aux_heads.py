@@ -50,13 +50,12 @@ from analysis.experiments.verdict import (
     finite_evals,
     learned_threshold,
 )
-from analysis.figures import band_lines
-from analysis.experiments.runner import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.training.loss import split_outputs
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "ARMS", "LOWER_LAYERS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS",
            "aux_heads_of", "MainHeadLoss", "GradientReach", "make_points", "run_point", "run",
-           "per_seed", "summarise", "verdict", "section"]
+           "per_seed", "summarise", "verdict"]
 
 NAME = "aux_heads"
 ARMS = ("no_heads", "heads", "heads_bn")
@@ -167,8 +166,6 @@ class MainHeadLoss(nn.Module):
         self.last_main = math.nan
 
     def forward(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        from analysis.training.loss import split_outputs
-
         logits, _ = split_outputs(outputs)
         self.last_main = float(nn.functional.cross_entropy(logits.detach().float(), targets))
         return self.criterion(outputs, targets)
@@ -222,8 +219,6 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
 def build_model(point: dict[str, Any]) -> nn.Module:
     """The point's network: the body with BN, aux heads per the arm, the configured dropout and initialisation
     (the heads are edited before the initialisation, so every arm's layers start the same way)."""
-    from inception_models import create_model
-
     heads = point["arm"] != "no_heads"
     knobs = {"aux_norm": HEAD_NORM[point["arm"]]} if heads else {}
     model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], aux_logits=heads,
@@ -381,62 +376,3 @@ def verdict(seeds: pd.DataFrame, *, n_val: int, underfit_gap: float = 0.05) -> s
                  f"{none['grad_norm_lower'].mean():.3g} without (x{ratio:.2f}; first conv x"
                  f"{heads['grad_norm_first'].mean() / none['grad_norm_first'].mean():.2f})")
     return "; ".join(parts)
-
-
-def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(arm=frame["arm"].map(ARM_LABELS))
-
-
-def _curves_figure(results: pd.DataFrame) -> Any:
-    train = results[results["split"] == "train"].assign(series="main-head training loss",
-                                                        value=lambda f: f["main_loss"])
-    val = results[results["split"] == "val"].assign(series="validation accuracy", value=lambda f: f["accuracy"])
-    return band_lines(_labelled(pd.concat([train, val])), x="step", y="value", hue="arm", col="series",
-                             title="With and without auxiliary heads", ylabel="value (mean, min-max over seeds)")
-
-
-def _gradient_figure(results: pd.DataFrame) -> Any:
-    train = results[results["split"] == "train"]
-    long = pd.concat([train.assign(layers="below the first head", value=train["grad_norm_lower"]),
-                      train.assign(layers="first convolution", value=train["grad_norm_first"])])
-    return band_lines(_labelled(long), x="step", y="value", hue="arm", col="layers", logy=True,
-                             title="Gradient norm reaching the lower layers",
-                             ylabel="L2 norm of the gradient (mean, min-max over seeds)")
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: per-arm and per-seed tables, training curves, gradient norms, the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    seeds = per_seed(results, float(config["early_fraction"]))
-    summary = summarise(seeds)
-    answer = verdict(seeds, n_val=int(config["n_val"]))
-    text = (
-        "GoogLeNet (sec. 5) added auxiliary classifiers to strengthen the gradient reaching the lower layers and as "
-        "regularisers; the Inception-v3 paper (sec. 4) found they do not speed up early training but raise the "
-        "final plateau, more so when the side head is batch-normalized. Here: "
-        f"{config['model']} (BN body, width_mult {config['width_mult']}, dropout {config['drop_rate']} before the "
-        f"main classifier, initialisation: {config['init']}) on {config['image_size']} px synthetic "
-        f"shapes, arms {', '.join(ARM_LABELS[a] for a in config['arms'])}, aux loss weight {config['aux_weight']}, "
-        f"{config['steps']} steps of {config['optimizer']} (lr {config['lr']}, batch {config['batch_size']}), "
-        f"{config['seeds']} seeds. The heads' normalisation is set after building (no builder knob for it): "
-        "'no BN' strips BN from the head convs (bias instead), 'with BN' adds BN to the hidden FC too (the v3 "
-        "paper's BN-auxiliary). Accuracy is the main head's, in eval mode (heads are dropped at inference); the "
-        f"'early' column is the first evaluation at or after {config['early_fraction']:g} of the run; the train "
-        f"accuracy is on {config['n_val']} training images in eval mode. At this budget training is early by any "
-        "measure: the v3 paper saw the heads' benefit only near the end of training."
-    )
-    return Section(
-        title="Auxiliary classifiers (GoogLeNet; Inception-v3, sec. 4)",
-        text=text,
-        tables=[Table(NAME, "Auxiliary heads: accuracy, generalisation gap and lower-layer gradient norm per arm",
-                      summary, ["means over seeds; gradient norms are means over the logged steps"]),
-                Table(f"{NAME}_seeds", "Auxiliary heads: per seed", seeds),
-                Table(f"{NAME}_curves", "Auxiliary heads: every logged step", results.drop(columns="point_id"),
-                      inline=False)],
-        figures=[Figure(f"{NAME}_curves", "Main-head training loss and validation accuracy (mean, min-max band "
-                        "over seeds)", lambda: _curves_figure(results)),
-                 Figure(f"{NAME}_gradients", "Gradient norm below the first aux head and at the first conv "
-                        "(log scale)", lambda: _gradient_figure(results))],
-        verdict=answer,
-    )

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
+from analysis.experiments.norm_variants import he_init
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
 from analysis.experiments.verdict import (
     DOES_NOT_SHOW,
@@ -40,12 +40,10 @@ from analysis.experiments.verdict import (
     learned_threshold,
     run_outcome,
 )
-from analysis.figures import band_lines
-from analysis.experiments.runner import default_results_dir
-from analysis.report import Figure, Section, Table
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run",
-           "resolve_target", "per_seed", "summarise", "verdict", "section"]
+           "resolve_target", "per_seed", "summarise", "verdict"]
 
 NAME = "bn_speedup"
 NORMS = ("bn", "none")
@@ -155,25 +153,13 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
             for norm in config["norms"] for m in config["multipliers"] for k in range(int(config["seeds"]))]
 
 
-def _he_init(model: nn.Module) -> None:
-    # He et al. 2015 (fan-in, ReLU gain) for every conv, zero biases: keeps activation variance layer to layer
-    # without BN, where the models' Glorot (small_inception) shrinks it.
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (norm, multiplier, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
-    from inception_models import create_model
-
     with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], norm=point["norm"])
         if point["norm"] == "none" and point["none_init"] == "he":
-            _he_init(model)
+            he_init(model)  # He et al. 2015: keeps the activation variance without BN, where Glorot shrinks it
         outcome = train_point(point, model)
     frame = outcome.curve(**{key: point[key] for key in ("norm", "multiplier", "lr", "seed")})
     return frame.reindex(columns=RESULT_COLUMNS)
@@ -289,63 +275,3 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
         note = (f"; the network without BN never reached the target at any rate, so the step ratios are lower "
                 f"bounds (budget {budget})")
     return f"{head} (target validation accuracy {target:.3f}; " + "; ".join(parts) + note + ")"
-
-
-def _labelled(results: pd.DataFrame) -> pd.DataFrame:
-    return results.assign(arm=[f"{'BN' if n == 'bn' else 'no BN'} {m:g}x" for n, m in
-                               zip(results["norm"], results["multiplier"])],
-                          rate=[f"{m:g}x (lr {lr:g})" for m, lr in zip(results["multiplier"], results["lr"])])
-
-
-def _accuracy_figure(results: pd.DataFrame, target: float) -> Any:
-    val = _labelled(results[results["split"] == "val"])
-    return band_lines(val, x="step", y="accuracy", hue="norm", col="rate", hlines={"target": target},
-                             sharey=True, title="Validation accuracy",
-                             ylabel="validation accuracy (mean, min-max over seeds)")
-
-
-def _loss_figure(results: pd.DataFrame) -> Any:
-    train = _labelled(results[results["split"] == "train"])
-    return band_lines(train, x="step", y="loss", hue="norm", col="rate",
-                             title="Training loss", sharey=True,
-                             ylabel="training loss (mean, min-max over seeds)", logy=True)
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: steps to the target per (norm, rate), per-seed rows, curves, the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    target = resolve_target(results, config)
-    budget = int(config["steps"])
-    seeds = per_seed(results, target, budget)
-    summary = summarise(seeds)
-    answer = verdict(seeds, budget=budget, n_val=int(config["n_val"]))
-    how_target = (f"fixed at {target:.3f}" if config["target"] is not None else
-                  f"{config['target_fraction']:g} x the mean best validation accuracy of the no-BN network at the "
-                  f"base rate, at least chance + 3 SE: {target:.3f}")
-    text = (
-        "BN paper (sec. 4.2, Fig. 2, Table 2): BN-Inception reached the accuracy of Inception without BN in fewer "
-        "than half the steps at the same rate, and 14x (BN-x5) and 11x (BN-x30) fewer at higher rates, which "
-        f"without BN are not usable. Here: {config['model']} (width_mult {config['width_mult']}) with norm='bn' "
-        f"and norm='none' (the same topology; no-BN init: {config['none_init']}) on {config['image_size']} px "
-        f"synthetic shapes, {config['optimizer']} (momentum {config['momentum']}, {config['schedule']} rate) at "
-        f"{config['base_lr']:g} x {', '.join(f'{m:g}' for m in config['multipliers'])}, {config['seeds']} seeds, "
-        f"{budget} steps each. Target: {how_target}, evaluated every {config['eval_every']} steps on "
-        f"{config['n_val']} images. Divergence (NaN loss) is a result: the run stops and counts as the budget, "
-        "as does a run that never reaches the target (a lower bound on its true number of steps)."
-    )
-    return Section(
-        title="BN-Inception vs Inception without BN: steps and learning rates (BN paper)",
-        text=text,
-        tables=[Table(NAME, "Steps to the target validation accuracy per (norm, rate)", summary,
-                      [f"target {target:.3f}; steps over the seeds that reached it ('reached' of 'seeds'); "
-                       f"budget {budget} steps"]),
-                Table(f"{NAME}_seeds", "BN vs no BN: per seed", seeds),
-                Table(f"{NAME}_curves", "BN vs no BN: every logged step", results.drop(columns="point_id"),
-                      inline=False)],
-        figures=[Figure(f"{NAME}_accuracy", "Validation accuracy against steps per rate (mean, min-max band over "
-                        "seeds; dotted: the target)", lambda: _accuracy_figure(results, target)),
-                 Figure(f"{NAME}_loss", "Training loss against steps per rate (log scale)",
-                        lambda: _loss_figure(results))],
-        verdict=answer,
-    )

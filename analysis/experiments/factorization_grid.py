@@ -35,8 +35,7 @@ from analysis.experiments.runner import (
     train_point,
 )
 from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
-from analysis.experiments.runner import default_results_dir
-from analysis.report import Figure, Section, Table
+from inception_models.small_inception import stage_grid_sizes
 
 __all__ = [
     "CONFIGS",
@@ -47,7 +46,6 @@ __all__ = [
     "run",
     "summarise",
     "verdict",
-    "section",
 ]
 
 NAME = "factorization_grid"
@@ -117,8 +115,6 @@ _NUMERIC = ["factorize_stage", "grid", "seed", "params", "step", "loss", "accura
 
 # ======================================================================================= this experiment
 def _grid_of(stage: int | None, image_size: int) -> int | None:
-    from inception_models.small_inception import stage_grid_sizes
-
     return None if stage is None else stage_grid_sizes(image_size)[stage]
 
 
@@ -228,92 +224,3 @@ def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: f
     return (f"shows: factorizing at the medium grid beat the early grid and cost no more than the seed spread "
             f"against the unfactorized network ({numbers}; unfactorized minus {mid_name} = {cost:+.3f}, spread "
             f"{spread_base:.3f})")
-
-
-def _accuracy_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    base = summary[summary["factorized_at"] == BASELINE]
-    if len(base):
-        row = base.iloc[0]
-        ax.axhspan(row["acc_min"], row["acc_max"], color="grey", alpha=0.25, label="unfactorized (seed min-max)")
-        ax.axhline(row["acc_mean"], color="grey", lw=1.5, label="unfactorized (mean)")
-    grids = summary.dropna(subset=["grid"]).sort_values("grid")
-    seeds = final.dropna(subset=["grid"])
-    ax.scatter(seeds["grid"], seeds["accuracy"], s=18, color="C0", alpha=0.6, label="one seed")
-    ax.errorbar(grids["grid"], grids["acc_mean"],
-                yerr=[grids["acc_mean"] - grids["acc_min"], grids["acc_max"] - grids["acc_mean"]],
-                fmt="o-", color="C1", capsize=4, label="factorized: mean, seed min-max")
-    ax.axvspan(*PAPER_GRID_RANGE, color="C2", alpha=0.08, label="paper's 12-20 range")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(grids["grid"].tolist(), [f"{int(g)}x{int(g)}" for g in grids["grid"]])
-    ax.set_xlabel("grid size where the 3x3 branches are factorized into 1x3 + 3x1")
-    ax.set_ylabel("final validation accuracy")
-    ax.set_title("small_inception: accuracy vs the factorized grid")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    return fig
-
-
-def _loss_figure(results: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    train = results[results["split"] == "train"]
-    curves = train.groupby(["variant", "step"], sort=False)["loss"].agg(["mean", "min", "max"]).reset_index()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (variant, grp) in enumerate(curves.groupby("variant", sort=False)):
-        label = "unfactorized" if variant == BASELINE else f"factorized at {variant}"
-        ax.plot(grp["step"], grp["mean"], color=f"C{i}", label=label)
-        ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (one batch; mean, seed min-max)")
-    ax.set_title("small_inception: training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: accuracy per factorized grid (table and figure), loss curves and the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    summary = summarise(results)
-    final = final_evals(results)
-    answer = verdict(summary, final, n_val=int(config["n_val"]))
-    from inception_models.small_inception import stage_grid_sizes
-
-    grids = stage_grid_sizes(int(config["image_size"]))
-    text = (
-        "Inception-v3 paper, sec. 3.2: factorizing n x n convolutions into 1 x n then n x 1 'does not work well on "
-        "early layers, but it gives very good results on medium grid-sizes (m x m, m between 12 and 20)'. Here: "
-        f"small_inception (Zhang et al. 2017) at width_mult {config['width_mult']}, {config['image_size']} px input "
-        f"(stage grids {', '.join(f'{g}x{g}' for g in grids)}), with the 3x3 branch of every Inception module of "
-        "one stage replaced by 1x3 then 3x1 (both as wide as the 3x3), or nowhere. Every variant is trained "
-        f"identically: {config['steps']} steps of {config['optimizer'].upper()} (lr {config['lr']:g}, momentum "
-        f"{config['momentum']:g}, {config['schedule']} schedule, {config['warmup_steps']} warm-up steps), batch "
-        f"{config['batch_size']}, {config['n_train']} synthetic training images, seeds "
-        f"{seed}..{seed + int(config['seeds']) - 1}; accuracy is top-1 on {config['n_val']} validation images at "
-        "the end. A difference counts only when larger than the seed spread (max - min) of the groups compared."
-    )
-    notes = ["acc_*: final validation top-1 over seeds (std: sample std); acc_vs_unfactorized: mean minus the "
-             "unfactorized network's mean",
-             "params: factorization changes the count (1x3 + 3x1 at the 3x3's width: 3*c_out*(c_in+c_out) weights "
-             "instead of 9*c_in*c_out)"]
-    per_seed = final.reindex(columns=["variant", "grid", "seed", "params", "loss", "accuracy"]).rename(
-        columns={"variant": "factorized_at", "loss": "val_loss", "accuracy": "val_accuracy"})
-    per_seed = per_seed.astype({"grid": "Int64", "seed": int, "params": int})
-    return Section(
-        title="Asymmetric factorization by grid size, trained (Inception-v3, sec. 3.2)",
-        text=text,
-        tables=[Table("factorization_grid", "Final validation accuracy by factorized grid (seed statistics)",
-                      summary, notes),
-                Table("factorization_grid_seeds", "Final validation accuracy per seed", per_seed.reset_index(drop=True),
-                      inline=False)],
-        figures=[Figure("factorization_grid_accuracy", "Final validation accuracy vs the grid size at which the 3x3 "
-                        "convolutions are factorized (dots: seeds; bars: seed min-max; grey: unfactorized)",
-                        lambda: _accuracy_figure(summary, final)),
-                 Figure("factorization_grid_loss", "Training loss per variant (mean over seeds, band: seed min-max)",
-                        lambda: _loss_figure(results))],
-        verdict=answer,
-    )

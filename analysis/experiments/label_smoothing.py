@@ -27,15 +27,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments.runner import default_results_dir
 from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
 from analysis.experiments.verdict import compare, learned_threshold
-from analysis.figures import band_lines, reliability_figure
-from analysis.report import Figure, Section, Table
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run", "summarise",
-           "per_seed", "verdict", "section"]
+           "per_seed", "verdict"]
 
 NAME = "label_smoothing"
 PAPER_EPSILON = 0.1
@@ -140,8 +138,6 @@ def _val_logits(trainer: Any, point: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (epsilon, seed) and return its curve rows, its ``final`` row and its ``reliability`` rows."""
-    from inception_models import create_model
-
     with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"])
@@ -222,56 +218,3 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
             + f"; the paper's argument, the largest logit's lead over the others: {gap.word}: "
             + gap.describe("mean gap to the other logits", fmt=".2f")
             + f"; calibration (not the paper's claim): {ece.word}: " + ece.describe("ECE"))
-
-
-def _curves_figure(results: pd.DataFrame) -> Any:
-    curve = results[results["split"].isin(["train", "val"])].copy()
-    curve["series"] = curve["split"].map({"train": "training loss (smoothed targets)", "val": "validation accuracy"})
-    curve["epsilon"] = curve["epsilon"].map(lambda e: f"{e:g}")
-    loss = curve[curve["split"] == "train"].assign(value=lambda f: f["loss"])
-    acc = curve[curve["split"] == "val"].assign(value=lambda f: f["accuracy"])
-    return band_lines(pd.concat([loss, acc]), x="step", y="value", hue="epsilon", col="series",
-                             title="With and without label smoothing", ylabel="value (mean, min-max over seeds)")
-
-
-def _reliability(results: pd.DataFrame) -> Any:
-    bins = results[results["split"] == "reliability"].copy()
-    bins["epsilon"] = bins["epsilon"].map(lambda e: f"{e:g}")
-    return reliability_figure(bins, hue="epsilon", title="Reliability diagram (validation, pooled seeds)")
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: the per-epsilon table, the per-seed table, curves, the reliability diagram."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    final = per_seed(results)
-    summary = summarise(results)
-    answer = verdict(final, n_val=int(config["n_val"]))
-    text = (
-        "Inception-v3 paper, sec. 7: label smoothing with epsilon 0.1 (uniform prior) improved ImageNet error by "
-        "about 0.2% absolute; its argument is that one-hot targets drive the largest logit far above all others. "
-        f"Here: {config['model']} (width_mult {config['width_mult']}) on the synthetic shapes at "
-        f"{config['image_size']} px, {config['steps']} steps of {config['optimizer']} (lr {config['lr']}, "
-        f"{config['schedule']}, batch {config['batch_size']}) with epsilon "
-        f"{', '.join(f'{e:g}' for e in config['epsilons'])}, "
-        f"{config['seeds']} seeds each, everything else identical. Measured on {config['n_val']} validation images "
-        f"in eval mode: accuracy, plain cross-entropy, ECE ({config['bins']} equal-width confidence bins), the mean "
-        "gap between the largest logit and the mean of the others (and the second largest), the mean top "
-        "probability. The training loss is against the smoothed targets, so it is higher with smoothing by "
-        "construction; compare the validation columns. Calibration is not the paper's claim."
-    )
-    return Section(
-        title="Label smoothing (Inception-v3, sec. 7)",
-        text=text,
-        tables=[Table(NAME, "Label smoothing: validation measures per epsilon (means over seeds)", summary,
-                      [f"accuracy_min/max: the spread over seeds; ECE with {config['bins']} bins; gaps in logit "
-                       "units"]),
-                Table(f"{NAME}_seeds", "Label smoothing: per seed", final),
-                Table(f"{NAME}_curves", "Label smoothing: every logged step and bin",
-                      results.drop(columns="point_id"), inline=False)],
-        figures=[Figure(f"{NAME}_curves", "Training loss and validation accuracy (mean over seeds, min-max band)",
-                        lambda: _curves_figure(results)),
-                 Figure(f"{NAME}_reliability", "Reliability diagram: accuracy against confidence, per epsilon",
-                        lambda: _reliability(results))],
-        verdict=answer,
-    )

@@ -1,32 +1,64 @@
-"""Figures: seaborn plots of tidy DataFrames, saved as PNG atomically. Figures only render; they never compute."""
+"""Figures: seaborn plots of tidy DataFrames, saved as PNG atomically. Figures only render; they never compute.
+
+The report's look (seaborn's ``whitegrid`` theme in the ``notebook`` context, :data:`STYLE`) is applied while a
+figure is drawn and saved (:func:`figure_style`), never at import: importing this module changes no global
+matplotlib setting, so a notebook or a user's own plots keep theirs.
+"""
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-import matplotlib
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from analysis.io import atomic_path
 
-from analysis.io import atomic_path  # noqa: E402
+__all__ = ["STYLE", "band_lines", "bar_params_macs", "figure_style", "heatmap", "lines", "reliability_figure",
+           "save_figure", "stacked_by_grid", "styled"]
 
-sns.set_theme(style="whitegrid", context="notebook")
+# seaborn's theme for the report. ``color_codes=False``: seaborn would otherwise remap matplotlib's one-letter
+# colours ("b", "g", ...) for the whole process, a change that no rc context undoes.
+STYLE: dict[str, Any] = dict(style="whitegrid", context="notebook", color_codes=False)
+
+Draw = TypeVar("Draw", bound=Callable[..., Any])
+
+
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """Draw and save in the report's look inside the block; matplotlib's settings are restored after it."""
+    with mpl.rc_context():
+        sns.set_theme(**STYLE)
+        yield
+
+
+def styled(draw: Draw) -> Draw:
+    """Run a draw function inside :func:`figure_style`."""
+    @functools.wraps(draw)
+    def in_style(*args: Any, **kwargs: Any) -> Any:
+        with figure_style():
+            return draw(*args, **kwargs)
+
+    return in_style  # type: ignore[return-value]
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG atomically (no date in the metadata, so the same data gives the same bytes)."""
+    """Save ``fig`` as a PNG atomically (no date in the metadata, so the same data gives the same bytes), in the
+    report's look (ticks and labels are laid out when the figure is drawn, here)."""
     path = Path(path).with_suffix(".png")
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, figure_style():
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
 
 
+@styled
 def bar_params_macs(df: pd.DataFrame, *, label: str = "model") -> plt.Figure:
     """Side-by-side bars of parameters (millions) and GMACs per ``label``, reference marks where given."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(df) + 1.5), sharey=True)
@@ -45,6 +77,7 @@ def bar_params_macs(df: pd.DataFrame, *, label: str = "model") -> plt.Figure:
     return fig
 
 
+@styled
 def stacked_by_grid(df: pd.DataFrame, *, model: str = "model", grid: str = "grid", value: str = "gmacs",
                     title: str = "") -> plt.Figure:
     """Horizontal stacked bars: how each model's cost splits over grid sizes."""
@@ -67,6 +100,7 @@ def _grid_key(grid: str) -> int:
         return -1
 
 
+@styled
 def lines(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style: str | None = None,
           col: str | None = None, logy: bool = False, title: str = "", xlabel: str | None = None,
           ylabel: str | None = None, band: Sequence[str] | None = None) -> plt.Figure:
@@ -92,6 +126,7 @@ def lines(df: pd.DataFrame, *, x: str, y: str, hue: str | None = None, style: st
     return fig
 
 
+@styled
 def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: str = "", fmt: str = ".2f",
             cmap: str = "rocket_r", vmin: float | None = None, vmax: float | None = None) -> plt.Figure:
     """An annotated heatmap of ``values`` over ``index`` x ``columns`` (e.g. a phase diagram); fix the colour
@@ -104,6 +139,7 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     return fig
 
 
+@styled
 def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None = None, seed: str = "seed",
                title: str = "", xlabel: str | None = None, ylabel: str | None = None, logy: bool = False,
                per_seed: bool = False, hlines: Mapping[str, float] | None = None, sharey: bool = False) -> Any:
@@ -149,6 +185,7 @@ def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None
     return fig
 
 
+@styled
 def reliability_figure(bins: pd.DataFrame, *, hue: str, title: str = "Reliability diagram") -> Any:
     """Accuracy against confidence per bin, one line per ``hue`` (bins pooled over seeds by count), the
     diagonal of perfect calibration, and the share of samples per bin below. Renders only."""
