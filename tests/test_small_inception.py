@@ -15,7 +15,7 @@ from inception_models.small_inception import (
     PAPER_PARAMS,
     SMALL_INCEPTION_STAGES,
     DownsampleModule,
-    InceptionModule,
+    SmallInceptionModule,
     stage_grid_sizes,
 )
 
@@ -69,7 +69,7 @@ def test_parameter_count_matches_the_paper() -> None:
 
 def test_figure_3_layout_and_grids() -> None:
     model = create_model("small_inception").eval()
-    inception = [m for m in model.modules() if isinstance(m, InceptionModule)]
+    inception = [m for m in model.modules() if isinstance(m, SmallInceptionModule)]
     downsample = [m for m in model.modules() if isinstance(m, DownsampleModule)]
     assert [m.out_channels for m in inception] == [64, 80, 160, 160, 160, 144, 336, 336]
     assert [m.out_channels for m in downsample] == [160, 240]
