@@ -360,7 +360,7 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2, stop=True)
     config = TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0,
-                                  log_every=1, progress=False)
+                         log_every=1, progress=False)
     history = Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
     assert alarm.alarm_step is not None and alarm.alarm_step < 40
     train = history[history["split"] == "train"]
@@ -378,9 +378,9 @@ def test_alarm_counts_only_the_training_forward_beside_a_landscape_probe():
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2)
     config = TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1,
-                                  log_every=1, progress=False)
+                         log_every=1, progress=False)
     Trainer(SmallNet(), config, data, val_data=data,
-                     callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
+            callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
     frame = alarm.to_frame()
     assert frame["step"].tolist() == [2, 4] and frame["samples"].tolist() == [8, 8]
     assert (frame["mode"] == "train").all() and frame["dead"].tolist() == [0, 0]

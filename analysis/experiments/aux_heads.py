@@ -277,8 +277,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     :data:`RESULT_COLUMNS`: one row per point and logged step (train) or evaluation (val), one ``final`` row
     per point (main-head validation and training accuracy in eval mode)."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 # ----------------------------------------------------------------------------------------------- analysis

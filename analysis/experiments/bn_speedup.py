@@ -169,8 +169,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (norm, multiplier, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id``
     + :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:

@@ -226,8 +226,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Run every point of ``config`` (resumable in ``results_dir``) and return the curves: one row per point and
     monitored step, columns ``point_id`` + :data:`CURVE_COLUMNS` + :data:`POINT_COLUMNS`."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
 
 
 def summarise(curves: pd.DataFrame, dead_level: float = 0.5) -> pd.DataFrame:

@@ -163,8 +163,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`, one row per point and logged step plus its final validation row."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC)
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:

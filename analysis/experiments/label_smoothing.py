@@ -163,8 +163,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     :data:`RESULT_COLUMNS`: curve rows (``split`` train/val), one ``final`` row per point, and one
     ``reliability`` row per point and bin (``accuracy`` there is the bin's accuracy)."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def per_seed(results: pd.DataFrame) -> pd.DataFrame:

@@ -211,8 +211,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (variant, arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
@@ -229,7 +229,7 @@ def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     weakest = best.groupby(["variant", "arm"], sort=False)["accuracy"].mean().idxmin()
     reference = best.set_index(["variant", "arm"]).loc[[weakest], "accuracy"]
     return auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
-                              n_val=int(config["n_val"]))
+                       n_val=int(config["n_val"]))
 
 
 def per_seed(results: pd.DataFrame, target: float, budget: int, time_axis: str = "cpu_s") -> pd.DataFrame:
@@ -303,8 +303,8 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
         for i, other in enumerate(others):
             arm = grp[grp["arm"] == other]
             cmp = compare([censored_steps(s, budget) for s in res["steps_to_target"]],
-                                 [censored_steps(s, budget) for s in arm["steps_to_target"]],
-                                 higher_is_better=False)
+                          [censored_steps(s, budget) for s in arm["steps_to_target"]],
+                          higher_is_better=False)
             final = compare(res["final_val_accuracy"], arm["final_val_accuracy"])
             reached = f"reached {int(res['reached'].sum())}/{len(res)} vs {int(arm['reached'].sum())}/{len(arm)}"
             parts.append(f"{variant} vs {ARM_LABELS[other]}: {cmp.word}: "

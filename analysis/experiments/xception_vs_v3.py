@@ -164,8 +164,8 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`."""
     return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -204,7 +204,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
         return (f"inconclusive: {' and '.join(weak)} did not learn beyond chance (mean accuracy {means} <= "
                 f"{threshold:.3f}: chance {chance:g} + 3 binomial s.e. on {n_val} images{also})")
     comparison = compare(final.loc[final["variant"] == better, "accuracy"],
-                                final.loc[final["variant"] == worse, "accuracy"])
+                         final.loc[final["variant"] == worse, "accuracy"])
     effect, spread = comparison.effect, comparison.spread
     numbers = (f"{better} {rows.loc[better, 'acc_mean']:.3f} vs {worse} {rows.loc[worse, 'acc_mean']:.3f}, "
                f"difference {effect:+.3f} against a seed spread of {spread:.3f}")

@@ -28,7 +28,7 @@ def _curves_figure(results: pd.DataFrame) -> Any:
                                                         value=lambda f: f["main_loss"])
     val = results[results["split"] == "val"].assign(series="validation accuracy", value=lambda f: f["accuracy"])
     return band_lines(_labelled(pd.concat([train, val])), x="step", y="value", hue="arm", col="series",
-                             title="With and without auxiliary heads", ylabel="value (mean, min-max over seeds)")
+                      title="With and without auxiliary heads", ylabel="value (mean, min-max over seeds)")
 
 
 def _gradient_figure(results: pd.DataFrame) -> Any:
@@ -36,8 +36,8 @@ def _gradient_figure(results: pd.DataFrame) -> Any:
     long = pd.concat([train.assign(layers="below the first head", value=train["grad_norm_lower"]),
                       train.assign(layers="first convolution", value=train["grad_norm_first"])])
     return band_lines(_labelled(long), x="step", y="value", hue="arm", col="layers", logy=True,
-                             title="Gradient norm reaching the lower layers",
-                             ylabel="L2 norm of the gradient (mean, min-max over seeds)")
+                      title="Gradient norm reaching the lower layers",
+                      ylabel="L2 norm of the gradient (mean, min-max over seeds)")
 
 
 def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Section:

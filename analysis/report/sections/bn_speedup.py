@@ -28,15 +28,15 @@ def _labelled(results: pd.DataFrame) -> pd.DataFrame:
 def _accuracy_figure(results: pd.DataFrame, target: float) -> Any:
     val = _labelled(results[results["split"] == "val"])
     return band_lines(val, x="step", y="accuracy", hue="norm", col="rate", hlines={"target": target},
-                             sharey=True, title="Validation accuracy",
-                             ylabel="validation accuracy (mean, min-max over seeds)")
+                      sharey=True, title="Validation accuracy",
+                      ylabel="validation accuracy (mean, min-max over seeds)")
 
 
 def _loss_figure(results: pd.DataFrame) -> Any:
     train = _labelled(results[results["split"] == "train"])
     return band_lines(train, x="step", y="loss", hue="norm", col="rate",
-                             title="Training loss", sharey=True,
-                             ylabel="training loss (mean, min-max over seeds)", logy=True)
+                      title="Training loss", sharey=True,
+                      ylabel="training loss (mean, min-max over seeds)", logy=True)
 
 
 def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Section:

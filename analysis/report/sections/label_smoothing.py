@@ -26,7 +26,7 @@ def _curves_figure(results: pd.DataFrame) -> Any:
     loss = curve[curve["split"] == "train"].assign(value=lambda f: f["loss"])
     acc = curve[curve["split"] == "val"].assign(value=lambda f: f["accuracy"])
     return band_lines(pd.concat([loss, acc]), x="step", y="value", hue="epsilon", col="series",
-                             title="With and without label smoothing", ylabel="value (mean, min-max over seeds)")
+                      title="With and without label smoothing", ylabel="value (mean, min-max over seeds)")
 
 
 def _reliability(results: pd.DataFrame) -> Any:

@@ -37,15 +37,15 @@ def _label(frame: pd.DataFrame) -> pd.DataFrame:
 def _accuracy_by_step(results: pd.DataFrame, target: float) -> Any:
     val = _label(results[results["split"] == "val"])
     return band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
-                             sharey=True, title="Validation accuracy",
-                             ylabel="validation accuracy (mean, min-max over seeds)")
+                      sharey=True, title="Validation accuracy",
+                      ylabel="validation accuracy (mean, min-max over seeds)")
 
 
 def _loss_by_step(results: pd.DataFrame) -> Any:
     train = _label(results[results["split"] == "train"])
     return band_lines(train, x="step", y="loss", hue="arm", col="variant",
-                             title="Training loss", sharey=True,
-                             ylabel="training loss (mean, min-max over seeds)")
+                      title="Training loss", sharey=True,
+                      ylabel="training loss (mean, min-max over seeds)")
 
 
 def _by_time(results: pd.DataFrame, time_axis: str) -> Any:
@@ -55,7 +55,7 @@ def _by_time(results: pd.DataFrame, time_axis: str) -> Any:
                        arm=rows["arm"] + " (" + rows["variant"] + ")")
     label = TIME_AXES[time_axis]
     return band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
-                             title=f"Against {label.split(' (')[0]}", xlabel=label, ylabel="value (one line per seed)")
+                      title=f"Against {label.split(' (')[0]}", xlabel=label, ylabel="value (one line per seed)")
 
 
 def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Section:
