@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from inception_models.convert import load_weights
+
 __all__ = ["ModelInfo", "register_model", "register_variant", "create_model", "list_models", "model_info"]
 
 
@@ -118,20 +120,14 @@ def register_variant(
     return register_model(name=name, **metadata)(builder)
 
 
-def _ensure_zoo_loaded() -> None:
-    # Builders register themselves on import; importing the package imports every model module.
-    import inception_models  # noqa: F401
-
-
 def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    _ensure_zoo_loaded()
+    """Names of every registered model, sorted. (Builders register themselves when their module is imported, and
+    importing any module of the package first runs its ``__init__``, which imports every model module.)"""
     return sorted(_REGISTRY)
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry entry for ``name``; an unknown name raises a ``ValueError`` listing the known ones."""
-    _ensure_zoo_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -153,7 +149,5 @@ def create_model(name: str, weights: str | Path | None = None, **knobs) -> nn.Mo
         )
     model = info.builder(**knobs)
     if weights is not None:
-        from inception_models.convert import load_weights
-
         load_weights(model, weights, model_name=name)
     return model

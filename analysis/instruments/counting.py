@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from analysis.instruments.state import ModelStateGuard
+from inception_models import create_model
 
 with warnings.catch_warnings():
     # fvcore's focal-loss module calls torch.jit.script at import, which torch >= 2.10 flags as deprecated;
@@ -502,8 +503,6 @@ def create_model_for_counting(name: str, **knobs: object) -> nn.Module:
     """``inception_models.create_model(name, **knobs)`` with every weight and buffer zero, built without the
     random initialisation (on the meta device, then allocated): counting needs shapes only, and skipping the
     initialisation of tens of millions of weights makes building many variants quick."""
-    from inception_models import create_model
-
     try:
         with torch.device("meta"):
             model = create_model(name, **knobs)
