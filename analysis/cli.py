@@ -1,7 +1,7 @@
 """The ``inception-lab`` command line.
 
 Every command that prints a table takes the same ``--format`` option (table, csv, json, markdown, latex),
-rendered by :mod:`analysis.tables`. Bad input ends in one clear line on stderr and exit code 2, never a
+rendered by :mod:`analysis.report.tables`. Bad input ends in one clear line on stderr and exit code 2, never a
 stack trace.
 """
 
@@ -35,7 +35,7 @@ FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output for
 
 
 def _emit(df, fmt: Format, *, title: str | None = None, notes=()) -> None:
-    from analysis.tables import render
+    from analysis.report.tables import render
 
     typer.echo(render(df, fmt.value, title=title, notes=notes), nl=False)
 
@@ -76,7 +76,7 @@ def parse_range(text: str) -> list[int]:
 @app.command()
 def models(fmt: FormatOption = Format.table) -> None:
     """The registered models: paper, year, input sizes, counted parameters and the reference count."""
-    from analysis.zoo import zoo_table
+    from analysis.instruments.zoo import zoo_table
 
     table = zoo_table()
     notes = []
@@ -103,7 +103,7 @@ def summary(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Parameters and MACs (fvcore) of one model per module, block, stage or grid, with the totals."""
-    from analysis.counting import count_model, create_model_for_counting, summarize, table_notes
+    from analysis.instruments.counting import count_model, create_model_for_counting, summarize, table_notes
     from inception_models import model_info
 
     info = model_info(model)
@@ -121,8 +121,8 @@ def factorize(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Factorization study: 5x5 vs two 3x3 and n x n vs 1 x n + n x 1, measured with fvcore at each grid size."""
-    from analysis.counting import MAC_CONVENTION
-    from analysis.factorization import factorization_study, undo_factorization_table
+    from analysis.instruments.counting import MAC_CONVENTION
+    from analysis.instruments.factorization import factorization_study, undo_factorization_table
 
     if whole_model:
         _emit(undo_factorization_table(), fmt, title="Undoing the factorizations in whole models",
@@ -162,14 +162,29 @@ def train(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Train a model (any device, AMP, DDP under torchrun); prints the last logged metrics."""
-    from analysis.training import train_from_cli
+    from analysis.data.spec import build_dataset
+    from analysis.training.config import TrainConfig
+    from analysis.training.trainer import Trainer, seed_everything
+    from inception_models import create_model, model_info
 
-    log = train_from_cli(model, data, steps=steps, epochs=epochs, out=out, resume=resume, device=device, amp=amp,
-                         compile=compile, channels_last=channels_last, batch_size=batch_size, lr=lr,
-                         optimizer=optimizer, preset=preset, image_size=image_size, n_train=n_train, n_val=n_val,
-                         seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                         label_smoothing=label_smoothing, aux_weight=aux_weight, grad_clip=grad_clip,
-                         model_kwargs=parse_knobs(knob))
+    knobs = parse_knobs(knob)
+    info = model_info(model)
+    size = info.input_size if image_size is None else image_size
+    train_set = build_dataset(data, "train", size, n=n_train)
+    val_set = build_dataset(data, "val", size, n=n_val)
+    num_classes = getattr(train_set, "num_classes", None)
+    if num_classes is not None and "num_classes" in info.knobs:
+        knobs.setdefault("num_classes", int(num_classes))
+    # Options given explicitly override the preset's recipe; the others keep the preset's (or TrainConfig's) values.
+    recipe = {k: v for k, v in dict(optimizer=optimizer, lr=lr, batch_size=batch_size, label_smoothing=label_smoothing,
+                                    aux_weight=aux_weight, grad_clip=grad_clip).items() if v is not None}
+    run = dict(model=model, model_kwargs=knobs, data=data, steps=steps, epochs=epochs, out_dir=out, resume=resume,
+               device=device, amp=amp, compile=compile, channels_last=channels_last, seed=seed,
+               eval_every=eval_every, checkpoint_every=checkpoint_every)
+    config = TrainConfig.preset(preset, **run, **recipe) if preset else TrainConfig(**run, **recipe)
+    config.validate()
+    seed_everything(seed)  # before building, so the seed decides the initialisation
+    log = Trainer(create_model(model, **knobs), config, train_set, val_set).fit()
     _emit(log.tail(5), fmt, title=f"{model}: last logged steps (full log: {out}/metrics.jsonl)")
 
 
@@ -193,8 +208,11 @@ def dead_units(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Dead channels (never positive on any sample) of the layer before average pooling, or of every layer."""
-    from analysis.activations import PREPOOL, find_dead_units
-    from analysis.data import build_dataset, make_loader
+    from analysis.data.spec import build_dataset
+    from analysis.instruments.activations import PREPOOL
+    from analysis.instruments.dead_units import find_dead_units
+    from analysis.training.checkpoint import load_checkpoint
+    from analysis.training.sampling import make_loader
     from inception_models import create_model, model_info
 
     info = model_info(model)
@@ -205,8 +223,6 @@ def dead_units(
         knobs["num_classes"] = int(getattr(dataset, "num_classes", 1000))
     net = create_model(model, weights=weights, **knobs) if weights else create_model(model, **knobs)
     if checkpoint is not None:
-        from analysis.training import load_checkpoint
-
         net.load_state_dict(load_checkpoint(checkpoint)["model"])
     loader = make_loader(dataset, batch_size)
     result = find_dead_units(net, loader, layers=None if all_layers else PREPOOL, mode=mode.value, max_batches=batches)
@@ -223,7 +239,8 @@ def experiment(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Run one of the papers' claims as an experiment (resumable); prints its results table."""
-    from analysis.experiments import default_results_dir, load_experiment, resolve_config
+    from analysis.experiments import load_experiment, resolve_config
+    from analysis.experiments.runner import default_results_dir
 
     module = load_experiment(name)
     cfg = resolve_config(module, config)  # an unknown config is a ValueError naming the known ones
@@ -243,7 +260,8 @@ def smoothness(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Santurkar et al.'s probes along training, BN vs no BN: one row per variant and probed step."""
-    from analysis.experiments import default_results_dir, load_experiment, resolve_config
+    from analysis.experiments import load_experiment, resolve_config
+    from analysis.experiments.runner import default_results_dir
 
     module = load_experiment("smoothness")
     mode = "full" if full else "quick"
@@ -265,13 +283,18 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed of every experiment.")] = 0,
     section: Annotated[Optional[list[str]], typer.Option("--section", help="Only these sections (repeatable).")] = None,
     all_sections: Annotated[bool, typer.Option("--all", help="Every section, the slower claims included.")] = False,
+    results_root: Annotated[Optional[Path], typer.Option(
+        help="Where the experiments keep their resumable results, a folder per experiment, mode and seed "
+             "(default: runs/experiments).")] = None,
 ) -> None:
     """Write the paper-style report (Markdown, LaTeX, CSV, PNG) to reports/."""
-    from analysis.report import build_report
+    from analysis.experiments.runner import RESULTS_ROOT
+    from analysis.report.build import build_report
 
     if all_sections and section:
         raise ValueError("give --all or --section, not both")
-    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section)
+    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section,
+                         results_root=results_root or RESULTS_ROOT)
     typer.echo(f"wrote {index}")
 
 
@@ -285,7 +308,7 @@ def budgets_check(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Check every budget in FILE; exits 1 when any is exceeded."""
-    from analysis.budgets import check_budgets, overshoot_message
+    from analysis.instruments.budgets import check_budgets, overshoot_message
 
     rows = check_budgets(file)
     _emit(rows, fmt, title=f"Budgets in {file}")
@@ -296,7 +319,7 @@ def budgets_check(
 
 def main() -> None:
     """Console entry point: run the app, turning bad input into one clear line on stderr."""
-    from analysis.training import TrainingDiverged
+    from analysis.training.trainer import TrainingDiverged
 
     try:
         app()

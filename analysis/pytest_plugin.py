@@ -27,7 +27,7 @@ class BudgetItem(pytest.Item):
         self.budget = budget
 
     def runtest(self) -> None:
-        from analysis.budgets import check_budget, overshoot_message
+        from analysis.instruments.budgets import check_budget, overshoot_message
 
         rows = check_budget(self.budget)
         if not rows["ok"].all():
@@ -45,7 +45,7 @@ class BudgetItem(pytest.Item):
 
 class BudgetFile(pytest.File):
     def collect(self):  # noqa: ANN201
-        from analysis.budgets import load_budgets
+        from analysis.instruments.budgets import load_budgets
 
         for budget in load_budgets(self.path):
             yield BudgetItem.from_parent(self, name=budget.label, budget=budget)

@@ -5,7 +5,7 @@
 
 Each model is built once with the default knobs (``--init`` builds it with its random initialisation instead
 of zero weights on the meta device; counting needs shapes only), then counted by
-:func:`analysis.counting.count_model` (one fvcore trace, batch 1, eval mode). The table shows the build and
+:func:`analysis.instruments.counting.count_model` (one fvcore trace, batch 1, eval mode). The table shows the build and
 count times, the parameters, fvcore's MACs and the conv + linear MACs beside the registry's reference figure.
 """
 
@@ -18,8 +18,8 @@ import time
 import pandas as pd
 import torch
 
-from analysis.counting import MAC_CONVENTION, count_model, create_model_for_counting, totals
-from analysis.tables import render
+from analysis.instruments.counting import MAC_CONVENTION, count_model, create_model_for_counting, totals
+from analysis.report.tables import render
 from inception_models import create_model, list_models, model_info
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/learnability.py                 # 2 threads, 5 minutes of training, then the probes
 
-Trains ``small_inception`` (BN, default knobs) on :func:`analysis.data.make_synthetic` at 32x32 with a minimal
+Trains ``small_inception`` (BN, default knobs) on :func:`analysis.data.synthetic.make_synthetic` at 32x32 with a minimal
 loop of its own (SGD, lr 0.05, momentum 0.9, Nesterov, weight decay 5e-4, batch 64, channels_last, linear
 warm-up then cosine decay over 290 steps, no augmentation: 1.9 epochs of the 10,000 training images) and
 evaluates top-1 on the validation split every ``--eval-every`` steps. The recipe was picked by measurement:
@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.data import make_loader, make_synthetic
-from analysis.tables import render
+from analysis.data.synthetic import make_synthetic
+from analysis.training.sampling import make_loader
+from analysis.report.tables import render
 from inception_models import create_model
 
 TARGET_ACCURACY = 0.90  # issue 5: small_inception reaches it within 5 minutes on 2 CPU cores

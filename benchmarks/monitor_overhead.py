@@ -1,4 +1,4 @@
-"""Training-step time with and without the activation monitor (analysis.activations), in one run.
+"""Training-step time with and without the activation monitor (analysis.instruments.activations), in one run.
 
     python benchmarks/monitor_overhead.py                                     # our GoogLeNet, 96 px, CPU
     python benchmarks/monitor_overhead.py --model torchvision:inception_v3 --image-size 75
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.activations import ActivationMonitor, _accumulate, prepool_layer
-from analysis.tables import render
+from analysis.instruments.activations import ActivationMonitor, _accumulate, prepool_layer
+from analysis.report.tables import render
 
 
 def build(spec: str, num_classes: int) -> nn.Module:

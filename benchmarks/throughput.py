@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.tables import render
+from analysis.report.tables import render
 
 # Nominal dense (non-sparse) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 NOMINAL_BF16_PEAK_TFLOPS: list[tuple[str, float]] = [

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.tables import render
+from analysis.report.tables import render
 
 
 def _torchvision(name: str) -> Callable[[int, bool], nn.Module]:

@@ -19,15 +19,18 @@ branch widths (608, 1056); ``paper_table_widths=True`` follows the output column
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
 from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, init_he_fan_out, scale_width
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
-__all__ = ["BNInceptionModule", "BNInceptionReduction", "BNInception", "bn_inception"]
+__all__ = ["BN_INCEPTION", "BNInceptionModule", "BNInceptionReduction", "BNInception", "BNInceptionSpec", "bn_inception"]
 
 # Found by trying every size from 1 to 259 (all sizes from the minimum up work): at 6 the stem's second
 # 3x3/2 max pool sees a 1x1 grid and torch fails. (Without the odd-grid padding of the stride-2 modules,
@@ -54,6 +57,19 @@ STEM_WIDTHS = (64, 64, 192)
 # paper_table_widths=True: the pool projections of (4c) and (4d) shrink from 128 to 96, so that both modules
 # output the 576 channels of the table's output column, and (4e) then outputs 576 + 192 + 256 = 1024.
 PAPER_TABLE_POOL_PROJ = {"inception4c": 96, "inception4d": 96}
+
+
+@dataclass(frozen=True)
+class BNInceptionSpec:
+    """The table BN-Inception is built from (Fig. 5): the stem's widths, the body (one row per module), and the
+    pool projections that ``paper_table_widths=True`` puts in place of the body's."""
+
+    stem_widths: tuple[int, int, int] = STEM_WIDTHS
+    body: tuple[tuple[str, tuple[int | str, ...]], ...] = BN_INCEPTION_BODY
+    paper_table_pool_proj: Mapping[str, int] = field(default_factory=lambda: dict(PAPER_TABLE_POOL_PROJ))
+
+
+BN_INCEPTION = BNInceptionSpec()
 
 
 def _max_pool_3x3(stride: int) -> nn.MaxPool2d:
@@ -149,6 +165,7 @@ class BNInception(InceptionNet):
 
     def __init__(
         self,
+        spec: BNInceptionSpec = BN_INCEPTION,
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -160,7 +177,7 @@ class BNInception(InceptionNet):
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
         # The Caffe port keeps each conv's bias although BN follows (BN's beta makes it redundant).
         conv = dict(norm=check_norm(norm), bias=True, eps=CAFFE_BN_EPS)
-        c1, c2, c3 = (scale_width(c, width_mult) for c in STEM_WIDTHS)
+        c1, c2, c3 = (scale_width(c, width_mult) for c in spec.stem_widths)
         self.conv1 = ConvNormAct(in_chans, c1, 7, stride=2, padding=3, **conv)
         self.maxpool1 = _max_pool_3x3(stride=2)
         self.conv2 = ConvNormAct(c1, c2, 1, **conv)
@@ -168,14 +185,14 @@ class BNInception(InceptionNet):
         self.maxpool2 = _max_pool_3x3(stride=2)
 
         channels = c3
-        for name, row in BN_INCEPTION_BODY:
+        for name, row in spec.body:
             widths = [w if isinstance(w, str) else scale_width(w, width_mult) for w in row]
             block: BNInceptionModule | BNInceptionReduction
             if len(row) == 4:
                 block = BNInceptionReduction(channels, *widths, **conv)  # type: ignore[arg-type]
             else:
-                if paper_table_widths and name in PAPER_TABLE_POOL_PROJ:
-                    widths[-1] = scale_width(PAPER_TABLE_POOL_PROJ[name], width_mult)
+                if paper_table_widths and name in spec.paper_table_pool_proj:
+                    widths[-1] = scale_width(spec.paper_table_pool_proj[name], width_mult)
                 block = BNInceptionModule(channels, *widths, **conv)  # type: ignore[arg-type]
             self.add_module(name, block)
             channels = block.out_channels
@@ -184,7 +201,19 @@ class BNInception(InceptionNet):
         init_he_fan_out(self, linear_std=0.01)
 
 
-@register_model(
+bn_inception = register_variant(
+    BNInception,
+    BN_INCEPTION,
+    "bn_inception",
+    """BN-Inception (Ioffe & Szegedy 2015) as the Caffe port builds it: 11.3M parameters, 2.03 GMACs at 224.
+
+    ``paper_table_widths=True`` follows the output column of the paper's table instead of its branch widths:
+    the pool projections of (4c) and (4d) become 96 (not 128), so both output 576 channels (not 608), (4e)
+    outputs 1024 (not 1056) and (5a)'s 1x1 convolutions take 1024 channels. The paper does not say which
+    width is wrong; shrinking the pool projection is our choice, the one-number change per module that makes
+    the table consistent. It removes 90,304 parameters (11,204,936 then); no released weights fit it.
+    ``drop_rate`` defaults to 0, as the paper removes dropout (sec. 4.2.1) and the port has none.
+    """,
     paper="Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift "
     "(Ioffe & Szegedy)",
     year=2015,
@@ -195,29 +224,3 @@ class BNInception(InceptionNet):
     reference_source="Cadene's pretrainedmodels bninception (Caffe port: conv bias + BN eps 1e-5), "
     "shared/REFERENCES.md; the paper's own 13.6M is reproduced by no implementation",
 )
-def bn_inception(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.0,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    paper_table_widths: bool = False,
-) -> BNInception:
-    """BN-Inception (Ioffe & Szegedy 2015) as the Caffe port builds it: 11.3M parameters, 2.03 GMACs at 224.
-
-    ``paper_table_widths=True`` follows the output column of the paper's table instead of its branch widths:
-    the pool projections of (4c) and (4d) become 96 (not 128), so both output 576 channels (not 608), (4e)
-    outputs 1024 (not 1056) and (5a)'s 1x1 convolutions take 1024 channels. The paper does not say which
-    width is wrong; shrinking the pool projection is our choice, the one-number change per module that makes
-    the table consistent. It removes 90,304 parameters (11,204,936 then); no released weights fit it.
-    ``drop_rate`` defaults to 0, as the paper removes dropout (sec. 4.2.1) and the port has none.
-    """
-    return BNInception(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        paper_table_widths=paper_table_widths,
-    )

@@ -26,6 +26,7 @@ heads) and the text says about 1.5 billion multiply-adds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -33,13 +34,16 @@ from torch import nn
 
 from inception_models.base import IMAGENET_MEAN, IMAGENET_STD, InceptionNetWithAux, make_head  # noqa: F401
 from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, scale_width
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
 __all__ = [
     "AUX_LOSS_WEIGHT",
     "InceptionModule",
     "AuxiliaryClassifier",
+    "GOOGLENET",
+    "GOOGLENET_PAPER",
     "GoogLeNet",
+    "GoogLeNetSpec",
     "GoogLeNetPaper",
     "googlenet",
     "googlenet_paper",
@@ -77,6 +81,36 @@ STEM_WIDTHS = (64, 64, 192)
 AUX_TAPS: dict[str, str] = {"inception4a": "aux1", "inception4d": "aux2"}
 
 AuxPool = Literal["adaptive", "paper"]
+
+
+@dataclass(frozen=True)
+class GoogLeNetSpec:
+    """The table a GoogLeNet variant is built from (Table 1), and what the paper and torchvision's port set apart.
+
+    ``stem_widths`` and ``body`` are :data:`STEM_WIDTHS` and :data:`GOOGLENET_BODY`. ``aux_logits``,
+    ``drop_rate``, ``norm``, ``branch5x5_kernel`` and ``lrn`` are the defaults of those knobs;
+    ``maxpool4_kernel`` is the pool before (5a) (2 in torchvision, 3 in the paper), ``aux_pool`` and
+    ``aux_drop_rate`` the auxiliary heads' pooling and dropout, ``bn_eps`` the batch norms' epsilon.
+    """
+
+    stem_widths: tuple[int, int, int] = STEM_WIDTHS
+    body: tuple[tuple[str, tuple[int, int, int, int, int, int] | None], ...] = GOOGLENET_BODY
+    aux_logits: bool = False
+    drop_rate: float = 0.2
+    norm: NormKind = "bn"
+    branch5x5_kernel: int = 3
+    lrn: bool = False
+    maxpool4_kernel: int = 2
+    aux_pool: AuxPool = "adaptive"
+    aux_drop_rate: float = 0.7
+    bn_eps: float = TF_BN_EPS
+
+
+# torchvision's googlenet, and the paper's network: a real 5x5 branch, LRN, no BN, dropout 0.4, 3x3/2 pools,
+# the aux heads on by default with the 5x5/3 average pool.
+GOOGLENET = GoogLeNetSpec()
+GOOGLENET_PAPER = replace(GOOGLENET, aux_logits=True, drop_rate=0.4, norm="none", branch5x5_kernel=5, lrn=True,
+                          maxpool4_kernel=3, aux_pool="paper")
 
 
 def _max_pool(kernel_size: int) -> nn.MaxPool2d:
@@ -182,17 +216,18 @@ class GoogLeNet(InceptionNetWithAux):
     ``forward_features`` returns the 1024-channel map before the global pool (7x7 at 224).
     In training mode with ``aux_logits`` the forward returns ``InceptionOutputs(logits, (aux1, aux2))``.
 
-    The other arguments build the paper's variant (:class:`GoogLeNetPaper`): ``lrn`` adds LocalResponseNorm
-    after the stem's first max pool and after its 3x3 conv; ``maxpool4_kernel`` is the pool before (5a)
-    (2 in torchvision, 3 in the paper); ``aux_pool`` the aux heads' pooling; ``aux_drop_rate`` their dropout;
-    ``aux_norm`` their normalisation: None follows ``norm`` (the reference), ``"none"`` removes it from the heads,
-    ``"bn"`` batch-normalises every head layer, the hidden FC too (the Inception-v3 paper's "BN-auxiliary").
-    ``width_mult`` scales every convolution's width (stem, branches, aux 1x1 conv) and the aux FC's 1024.
-    ``transform_input`` re-maps ImageNet-normalised RGB inputs to the [-1, 1] scaling torchvision's
-    pretrained weights were trained with (torchvision's ``transform_input``).
+    ``spec`` (default :data:`GOOGLENET`; :class:`GoogLeNetPaper`'s is :data:`GOOGLENET_PAPER`) gives the widths
+    and the variant's defaults; a knob left at None takes the spec's. ``lrn`` adds LocalResponseNorm after the
+    stem's first max pool and after its 3x3 conv; ``aux_norm`` sets the heads' normalisation: None follows
+    ``norm`` (the reference), ``"none"`` removes it from the heads, ``"bn"`` batch-normalises every head layer,
+    the hidden FC too (the Inception-v3 paper's "BN-auxiliary"). ``width_mult`` scales every convolution's
+    width (stem, branches, aux 1x1 conv) and the aux FC's 1024. ``transform_input`` re-maps ImageNet-normalised
+    RGB inputs to the [-1, 1] scaling torchvision's pretrained weights were trained with (torchvision's
+    ``transform_input``).
     """
 
     model_name = "googlenet"
+    default_spec = GOOGLENET
     # The stem (Table 1's rows above (3a); ``norm1``/``norm2`` are the paper's LRN or identities), then the body.
     feature_stages = (
         "conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2", *(name for name, _ in GOOGLENET_BODY)
@@ -201,57 +236,56 @@ class GoogLeNet(InceptionNetWithAux):
 
     def __init__(
         self,
+        spec: GoogLeNetSpec | None = None,
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
-        aux_logits: bool = False,
+        aux_logits: bool | None = None,
         transform_input: bool = False,
-        drop_rate: float = 0.2,
-        norm: NormKind = "bn",
+        drop_rate: float | None = None,
+        norm: NormKind | None = None,
         width_mult: float = 1.0,
-        branch5x5_kernel: int = 3,
-        lrn: bool = False,
-        maxpool4_kernel: int = 2,
-        aux_pool: AuxPool = "adaptive",
-        aux_drop_rate: float = 0.7,
+        branch5x5_kernel: int | None = None,
+        lrn: bool | None = None,
         aux_norm: NormKind | None = None,
-        bn_eps: float = TF_BN_EPS,
     ) -> None:
-        if branch5x5_kernel < 1 or branch5x5_kernel % 2 == 0:
-            raise ValueError(f"branch5x5_kernel must be a positive odd size (3 or 5), got {branch5x5_kernel}")
-        if maxpool4_kernel not in (2, 3):
-            raise ValueError(f"maxpool4_kernel must be 2 (torchvision) or 3 (the paper), got {maxpool4_kernel}")
-        if aux_pool not in ("adaptive", "paper"):
-            raise ValueError(f"aux_pool={aux_pool!r} is not supported; use 'adaptive' (torchvision) or 'paper'")
-        if aux_logits and aux_pool == "paper":
+        knobs = dict(aux_logits=aux_logits, drop_rate=drop_rate, norm=norm, branch5x5_kernel=branch5x5_kernel, lrn=lrn)
+        spec = replace(spec or self.default_spec, **{k: v for k, v in knobs.items() if v is not None})
+        if spec.branch5x5_kernel < 1 or spec.branch5x5_kernel % 2 == 0:
+            raise ValueError(f"branch5x5_kernel must be a positive odd size (3 or 5), got {spec.branch5x5_kernel}")
+        if spec.maxpool4_kernel not in (2, 3):
+            raise ValueError(f"maxpool4_kernel must be 2 (torchvision) or 3 (the paper), got {spec.maxpool4_kernel}")
+        if spec.aux_pool not in ("adaptive", "paper"):
+            raise ValueError(f"aux_pool={spec.aux_pool!r} is not supported; use 'adaptive' (torchvision) or 'paper'")
+        if spec.aux_logits and spec.aux_pool == "paper":
             min_size = MIN_INPUT_SIZE_PAPER_AUX
         else:
-            min_size = MIN_INPUT_SIZE if maxpool4_kernel == 2 else MIN_INPUT_SIZE_PAPER
+            min_size = MIN_INPUT_SIZE if spec.maxpool4_kernel == 2 else MIN_INPUT_SIZE_PAPER
         super().__init__(
             num_classes=num_classes,
             in_chans=in_chans,
             min_input_size=min_size,
-            aux_logits=aux_logits,
+            aux_logits=spec.aux_logits,
             transform_input=transform_input,
         )
-        conv = dict(norm=check_norm(norm), eps=bn_eps)
-        c1, c2, c3 = (scale_width(c, width_mult) for c in STEM_WIDTHS)
+        conv = dict(norm=check_norm(spec.norm), eps=spec.bn_eps)
+        c1, c2, c3 = (scale_width(c, width_mult) for c in spec.stem_widths)
 
         self.conv1 = ConvNormAct(in_chans, c1, 7, stride=2, padding=3, **conv)
         self.maxpool1 = _max_pool(3)
-        self.norm1 = _local_response_norm() if lrn else nn.Identity()
+        self.norm1 = _local_response_norm() if spec.lrn else nn.Identity()
         self.conv2 = ConvNormAct(c1, c2, 1, **conv)
         self.conv3 = ConvNormAct(c2, c3, 3, padding=1, **conv)
-        self.norm2 = _local_response_norm() if lrn else nn.Identity()
+        self.norm2 = _local_response_norm() if spec.lrn else nn.Identity()
         self.maxpool2 = _max_pool(3)
 
         channels, tap_channels = c3, {}
-        for name, widths in GOOGLENET_BODY:
+        for name, widths in spec.body:
             if widths is None:
-                self.add_module(name, _max_pool(maxpool4_kernel if name == "maxpool4" else 3))
+                self.add_module(name, _max_pool(spec.maxpool4_kernel if name == "maxpool4" else 3))
                 continue
             block = InceptionModule(
-                channels, *(scale_width(w, width_mult) for w in widths), branch5x5_kernel=branch5x5_kernel, **conv
+                channels, *(scale_width(w, width_mult) for w in widths), branch5x5_kernel=spec.branch5x5_kernel, **conv
             )
             self.add_module(name, block)
             channels = tap_channels[name] = block.out_channels
@@ -260,15 +294,15 @@ class GoogLeNet(InceptionNetWithAux):
         self.aux1: AuxiliaryClassifier | None = None
         self.aux2: AuxiliaryClassifier | None = None
         head_conv = conv if aux_norm is None else dict(conv, norm=check_norm(aux_norm, "aux_norm"))
-        if aux_logits:
+        if spec.aux_logits:
             for tap, head in AUX_TAPS.items():
                 setattr(self, head, AuxiliaryClassifier(
-                    tap_channels[tap], num_classes, pool=aux_pool, conv_channels=scale_width(128, width_mult),
-                    hidden=scale_width(1024, width_mult), drop_rate=aux_drop_rate, hidden_bn=aux_norm == "bn",
+                    tap_channels[tap], num_classes, pool=spec.aux_pool, conv_channels=scale_width(128, width_mult),
+                    hidden=scale_width(1024, width_mult), drop_rate=spec.aux_drop_rate, hidden_bn=aux_norm == "bn",
                     **head_conv,
                 ))
         self.num_features = channels
-        self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
+        self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, spec.drop_rate)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -298,35 +332,8 @@ class GoogLeNetPaper(GoogLeNet):
     """
 
     model_name = "googlenet_paper"
+    default_spec = GOOGLENET_PAPER
     AUX_LOSS_WEIGHT = AUX_LOSS_WEIGHT
-
-    def __init__(
-        self,
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        aux_logits: bool = True,
-        drop_rate: float = 0.4,
-        norm: NormKind = "none",
-        width_mult: float = 1.0,
-        branch5x5_kernel: int = 5,
-        lrn: bool = True,
-        aux_norm: NormKind | None = None,
-    ) -> None:
-        super().__init__(
-            num_classes=num_classes,
-            in_chans=in_chans,
-            aux_logits=aux_logits,
-            drop_rate=drop_rate,
-            norm=norm,
-            width_mult=width_mult,
-            branch5x5_kernel=branch5x5_kernel,
-            lrn=lrn,
-            maxpool4_kernel=3,
-            aux_pool="paper",
-            aux_drop_rate=0.7,
-            aux_norm=aux_norm,
-        )
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -341,8 +348,23 @@ class GoogLeNetPaper(GoogLeNet):
                 nn.init.zeros_(m.bias)
 
 
-@register_model(
-    paper="Going deeper with convolutions (Szegedy et al.)",
+PAPER = "Going deeper with convolutions (Szegedy et al.)"
+
+googlenet = register_variant(
+    GoogLeNet,
+    GOOGLENET,
+    "googlenet",
+    """GoogLeNet as torchvision builds it (BN, 3x3 "5x5" branch): 6.6M parameters, 1.50 GMACs at 224.
+
+    ``aux_logits=True`` adds torchvision's two auxiliary classifiers (6.4M parameters, used in training only).
+    ``branch5x5_kernel=5`` makes the "5x5" branch really 5x5, as in the paper (7,005,832 parameters,
+    1.583 GMACs). ``transform_input=True`` is needed to reproduce torchvision's pretrained weights on
+    ImageNet-normalised inputs. ``aux_norm`` ("bn" or "none") overrides the heads' normalisation; "bn" also
+    batch-normalises their hidden FC (the Inception-v3 paper's "BN-auxiliary").
+    """,
+    knobs=("num_classes", "in_chans", "aux_logits", "transform_input", "drop_rate", "norm", "width_mult",
+           "branch5x5_kernel", "aux_norm"),
+    paper=PAPER,
     year=2014,
     input_size=224,
     min_input_size=MIN_INPUT_SIZE,
@@ -351,41 +373,20 @@ class GoogLeNetPaper(GoogLeNet):
     reference_source="torchvision 0.29.1 googlenet(aux_logits=False), measured (conv + linear MACs, batch 1); "
     "shared/REFERENCES.md. With aux_logits=True: 13,004,888 parameters.",
 )
-def googlenet(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    aux_logits: bool = False,
-    transform_input: bool = False,
-    drop_rate: float = 0.2,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    branch5x5_kernel: int = 3,
-    aux_norm: NormKind | None = None,
-) -> GoogLeNet:
-    """GoogLeNet as torchvision builds it (BN, 3x3 "5x5" branch): 6.6M parameters, 1.50 GMACs at 224.
 
-    ``aux_logits=True`` adds torchvision's two auxiliary classifiers (6.4M parameters, used in training only).
-    ``branch5x5_kernel=5`` makes the "5x5" branch really 5x5, as in the paper (7,005,832 parameters,
-    1.583 GMACs). ``transform_input=True`` is needed to reproduce torchvision's pretrained weights on
-    ImageNet-normalised inputs. ``aux_norm`` ("bn" or "none") overrides the heads' normalisation; "bn" also
-    batch-normalises their hidden FC (the Inception-v3 paper's "BN-auxiliary").
-    """
-    return GoogLeNet(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        aux_logits=aux_logits,
-        transform_input=transform_input,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        branch5x5_kernel=branch5x5_kernel,
-        aux_norm=aux_norm,
-    )
+googlenet_paper = register_variant(
+    GoogLeNetPaper,
+    GOOGLENET_PAPER,
+    "googlenet_paper",
+    """GoogLeNet as the paper describes it: real 5x5 branch, LRN, no BN, dropout 0.4, two aux heads (weight 0.3).
 
-
-@register_model(
-    paper="Going deeper with convolutions (Szegedy et al.)",
+    ``aux_logits=False`` drops the auxiliary classifiers; ``norm="bn"`` adds batch norm after every conv
+    (convs then lose their bias); ``lrn=False`` removes the two LocalResponseNorm layers; ``aux_norm="bn"``
+    gives the heads alone batch norm on every layer (the Inception-v3 paper's "BN-auxiliary").
+    """,
+    knobs=("num_classes", "in_chans", "aux_logits", "drop_rate", "norm", "width_mult", "branch5x5_kernel", "lrn",
+           "aux_norm"),
+    paper=PAPER,
     year=2014,
     input_size=224,
     min_input_size=MIN_INPUT_SIZE_PAPER_AUX,
@@ -394,32 +395,3 @@ def googlenet(
     reference_source="the paper: 'about 1.5 billion multiply-adds' (sec. 1); Table 1 sums to about 6.8M "
     "parameters without the aux heads (the paper gives no count with them)",
 )
-def googlenet_paper(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    aux_logits: bool = True,
-    drop_rate: float = 0.4,
-    norm: NormKind = "none",
-    width_mult: float = 1.0,
-    branch5x5_kernel: int = 5,
-    lrn: bool = True,
-    aux_norm: NormKind | None = None,
-) -> GoogLeNetPaper:
-    """GoogLeNet as the paper describes it: real 5x5 branch, LRN, no BN, dropout 0.4, two aux heads (weight 0.3).
-
-    ``aux_logits=False`` drops the auxiliary classifiers; ``norm="bn"`` adds batch norm after every conv
-    (convs then lose their bias); ``lrn=False`` removes the two LocalResponseNorm layers; ``aux_norm="bn"``
-    gives the heads alone batch norm on every layer (the Inception-v3 paper's "BN-auxiliary").
-    """
-    return GoogLeNetPaper(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        aux_logits=aux_logits,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        branch5x5_kernel=branch5x5_kernel,
-        lrn=lrn,
-        aux_norm=aux_norm,
-    )

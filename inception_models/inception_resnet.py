@@ -40,7 +40,7 @@ from torch import nn
 from inception_models.base import InceptionNet, make_head
 from inception_models.blocks import avg_pool_3x3, max_pool_3x3_valid
 from inception_models.layers import ConvNormAct, NormKind, check_norm, residual_scales, scale_widths
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
 __all__ = [
     "InceptionResNet",
@@ -49,8 +49,8 @@ __all__ = [
     "InceptionResNetA",
     "InceptionResNetB",
     "InceptionResNetC",
-    "ReductionA",
-    "ReductionB",
+    "InceptionResNetReductionA",
+    "InceptionResNetReductionB",
     "Mixed5b",
     "StemV1",
     "StemV2",
@@ -193,8 +193,10 @@ class InceptionResNetC(InceptionResNetBlock):
 # --------------------------------------------------------------------------------------------------------
 
 
-class ReductionA(nn.Module):
-    """Reduction-A, 35x35 -> 17x17 (Fig. 7), with the paper's Table 1 widths ``k, l, m, n``.
+class InceptionResNetReductionA(nn.Module):
+    """Reduction-A, 35x35 -> 17x17 (Fig. 7), with the paper's Table 1 widths ``k, l, m, n``, as the
+    Inception-ResNets register it (their own branch names and positional widths, so their state dicts keep their
+    keys; :class:`inception_models.blocks.ReductionA` is the same block as Inception-v3 and v4 register it).
 
     Branches: 3x3/2 conv ``n``; 1x1 ``k`` -> 3x3 ``l`` -> 3x3/2 ``m``; 3x3/2 max-pool (all 'valid').
     Inception-ResNet-v1 uses ``(192, 192, 256, 384)``, Inception-ResNet-v2 ``(256, 256, 384, 384)``.
@@ -213,8 +215,9 @@ class ReductionA(nn.Module):
         return torch.cat([self.branch_3x3(x), self.branch_3x3dbl(x), self.branch_pool(x)], 1)
 
 
-class ReductionB(nn.Module):
-    """Reduction-B, 17x17 -> 8x8 (Fig. 12 for v1, Fig. 18 for v2).
+class InceptionResNetReductionB(nn.Module):
+    """The Inception-ResNets' Reduction-B, 17x17 -> 8x8 (Fig. 12 for v1, Fig. 18 for v2): three conv branches
+    beside the pool, where Inception-v4's (:class:`inception_models.blocks.ReductionB`) has two.
 
     ``widths = ((1x1, 3x3/2), (1x1, 3x3/2), (1x1, 3x3, 3x3/2))`` plus a 3x3/2 max-pool, all 'valid':
     v1 ``((256, 384), (256, 256), (256, 256, 256))``, v2 ``((256, 384), (256, 288), (256, 288, 320))``.
@@ -321,6 +324,7 @@ class InceptionResNetSpec:
     ``final_conv`` is the width of a closing 1x1 conv-BN-ReLU (released v2: 1536), or ``None``.
     """
 
+    name: str
     stem: Literal["v1", "v2"]
     stem_widths: tuple[int, ...]
     mixed_5b: Widths | None
@@ -336,6 +340,7 @@ class InceptionResNetSpec:
 
 
 V2_RELEASED = InceptionResNetSpec(
+    name="inception_resnet_v2",
     stem="v2",
     stem_widths=(32, 32, 64, 80, 192),
     mixed_5b=((96,), (48, 64), (64, 96, 96), (64,)),
@@ -349,9 +354,11 @@ V2_RELEASED = InceptionResNetSpec(
     final_conv=1536,
     drop_rate=0.0,
 )
-V2_PAPER = replace(V2_RELEASED, block_counts=(5, 10, 5), final_block=False, final_conv=None, drop_rate=0.2)
+V2_PAPER = replace(V2_RELEASED, name="inception_resnet_v2_paper", block_counts=(5, 10, 5), final_block=False,
+                   final_conv=None, drop_rate=0.2)
 
 V1_FACENET = InceptionResNetSpec(
+    name="inception_resnet_v1",
     stem="v1",
     stem_widths=(32, 32, 64, 80, 192, 256),
     mixed_5b=None,
@@ -365,7 +372,7 @@ V1_FACENET = InceptionResNetSpec(
     final_conv=None,
     drop_rate=0.2,
 )
-V1_PAPER = replace(V1_FACENET, final_block=False)
+V1_PAPER = replace(V1_FACENET, name="inception_resnet_v1_paper", final_block=False)
 
 
 def _check_block_counts(block_counts: Sequence[int]) -> tuple[int, int, int]:
@@ -404,7 +411,6 @@ class InceptionResNet(InceptionNet):
         self,
         spec: InceptionResNetSpec,
         *,
-        model_name: str,
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float | None = None,
@@ -417,7 +423,7 @@ class InceptionResNet(InceptionNet):
     ) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
         check_norm(norm)
-        self.model_name = model_name
+        self.model_name = spec.name
         drop_rate = spec.drop_rate if drop_rate is None else float(drop_rate)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate is a dropout probability in [0, 1), got {drop_rate}")
@@ -447,10 +453,10 @@ class InceptionResNet(InceptionNet):
             )
 
         self.stage_a = stage(InceptionResNetA, spec.block_a, counts[0], scales[0])
-        self.reduction_a = ReductionA(channels, *w(spec.reduction_a), norm=norm)
+        self.reduction_a = InceptionResNetReductionA(channels, *w(spec.reduction_a), norm=norm)
         channels = self.reduction_a.out_channels
         self.stage_b = stage(InceptionResNetB, spec.block_b, counts[1], scales[1])
-        self.reduction_b = ReductionB(channels, w(spec.reduction_b), norm=norm)
+        self.reduction_b = InceptionResNetReductionB(channels, w(spec.reduction_b), norm=norm)
         channels = self.reduction_b.out_channels
 
         self.widen: nn.Module = nn.Identity()
@@ -497,63 +503,14 @@ _KNOBS_DOC = """
 """
 
 
-def _register_variant(
-    spec: InceptionResNetSpec,
-    name: str,
-    doc: str,
-    *,
-    reference_params: int | None = None,
-    reference_gmacs: float | None = None,
-    reference_source: str = "",
-) -> Callable[..., InceptionResNet]:
-    """Register the builder ``name`` of one variant: the knobs of all four, ``drop_rate`` defaulting to the spec's.
-
-    ``doc`` is the builder's docstring (the knobs are appended); the ``reference_*`` figures go to the registry.
-    """
-
-    def builder(
-        *,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_rate: float = spec.drop_rate,
-        norm: NormKind = "bn",
-        width_mult: float = 1.0,
-        residual_scale: float | Sequence[float] = RESIDUAL_SCALES,
-        block_counts: Sequence[int] | None = None,
-        residual: bool = True,
-        final_width: int | None = None,
-    ) -> InceptionResNet:
-        return InceptionResNet(
-            spec,
-            model_name=name,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-            norm=norm,
-            width_mult=width_mult,
-            residual_scale=residual_scale,
-            block_counts=block_counts,
-            residual=residual,
-            final_width=final_width,
-        )
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = doc + _KNOBS_DOC
-    register = register_model(
-        paper=PAPER,
-        year=2016,
-        input_size=299,
-        min_input_size=MIN_INPUT_SIZE,
-        reference_params=reference_params,
-        reference_gmacs=reference_gmacs,
-        reference_source=reference_source,
-    )
-    return register(builder)
+def _register_variant(spec: InceptionResNetSpec, doc: str, **reference: object) -> Callable[..., InceptionResNet]:
+    """Register the builder of one variant, named by its spec, with the knobs of :class:`InceptionResNet`."""
+    return register_variant(InceptionResNet, spec, spec.name, doc + _KNOBS_DOC, paper=PAPER, year=2016,
+                            input_size=299, min_input_size=MIN_INPUT_SIZE, **reference)
 
 
 inception_resnet_v2 = _register_variant(
     V2_RELEASED,
-    "inception_resnet_v2",
     """Inception-ResNet-v2 as released (TF-slim checkpoint, timm/Cadene port): 55,843,464 params, 13.156 GMACs.
 
     Stem of Fig. 14 plus a max-pool and Mixed_5b (320 channels), 10 Inception-ResNet-A (Fig. 16, scale
@@ -571,7 +528,6 @@ inception_resnet_v2 = _register_variant(
 
 inception_resnet_v2_paper = _register_variant(
     V2_PAPER,
-    "inception_resnet_v2_paper",
     """Inception-ResNet-v2 at the depth of the paper's Fig. 15: 5 / 10 / 5 blocks, 2080 features.
 
     The released network (``inception_resnet_v2``) doubles the blocks (10 / 20 / 10), adds a final
@@ -588,7 +544,6 @@ inception_resnet_v2_paper = _register_variant(
 
 inception_resnet_v1 = _register_variant(
     V1_FACENET,
-    "inception_resnet_v1",
     """Inception-ResNet-v1 as David Sandberg's facenet builds it: 24,357,096 params with 1000 classes.
 
     Stem of Fig. 14 (35x35x256), 5 Inception-ResNet-A (Fig. 10, scale 0.17), Reduction-A (Fig. 7,
@@ -605,7 +560,6 @@ inception_resnet_v1 = _register_variant(
 
 inception_resnet_v1_paper = _register_variant(
     V1_PAPER,
-    "inception_resnet_v1_paper",
     """Inception-ResNet-v1 as the paper's Fig. 15 draws it: facenet's network without the extra 8x8 block.
 
     5 / 10 / 5 blocks; average pooling follows the last scaled Inception-ResNet-C with its ReLU.

@@ -22,7 +22,7 @@ logits:
   applies BN to the side head too).
 
 The factorisation switches undo one factorisation each, so its cost can be measured
-(:mod:`analysis.factorization`). They touch only the Inception-A/B/C blocks, the modules the paper's figures
+(:mod:`analysis.instruments.factorization`). They touch only the Inception-A/B/C blocks, the modules the paper's figures
 factorise, as in ``inception_v4``: the stem and the reduction blocks (Reduction-B's 1x7/7x1 pair included,
 which Fig. 10 does not have) keep their layers in every variant.
 
@@ -35,6 +35,8 @@ than 25 million parameters" and "5 billion multiply-adds".
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,7 +54,7 @@ from inception_models.blocks import (
     max_pool_3x3_valid,
 )
 from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, scale_widths
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
 __all__ = [
     "MIN_INPUT_SIZE",
@@ -63,8 +65,10 @@ __all__ = [
     "InceptionC",
     "ReductionA",
     "ReductionB",
-    "AuxiliaryClassifier",
+    "InceptionV3AuxClassifier",
+    "INCEPTION_V3",
     "InceptionV3",
+    "InceptionV3Spec",
     "inception_v3",
 ]
 
@@ -99,7 +103,7 @@ class InceptionV3Stem(nn.Sequential):
         self.out_channels = c4a
 
 
-class AuxiliaryClassifier(nn.Module):
+class InceptionV3AuxClassifier(nn.Module):
     """The auxiliary classifier on the last 17x17 block (Fig. 8), with BN ("BN-auxiliary", sec. 7).
 
     avg pool 5x5/3 -> conv 1x1 -> conv 5x5 'valid' -> global average pool -> FC. It needs the full 17x17
@@ -136,6 +140,21 @@ AUX_TAP = "inception_b"
 AUX_WIDTHS: tuple[int, int] = (128, 768)
 
 
+@dataclass(frozen=True)
+class InceptionV3Spec:
+    """The table Inception-v3 is built from: the stem's five convolution widths, the body (stage, block, one width
+    dict per block), the auxiliary classifier's tap and its two convolution widths, and the pool convention."""
+
+    stem_widths: tuple[int, int, int, int, int] = STEM_WIDTHS
+    body: BlockTable = INCEPTION_V3_BODY
+    aux_tap: str = AUX_TAP
+    aux_widths: tuple[int, int] = AUX_WIDTHS
+    count_include_pad: bool = COUNT_INCLUDE_PAD
+
+
+INCEPTION_V3 = InceptionV3Spec()
+
+
 class InceptionV3(InceptionNetWithAux):
     """Inception-v3 (Szegedy et al. 2015, Table 1): stem, 3 x A, Reduction-A, 4 x B, Reduction-B, 2 x C.
 
@@ -152,6 +171,7 @@ class InceptionV3(InceptionNetWithAux):
 
     def __init__(
         self,
+        spec: InceptionV3Spec = INCEPTION_V3,
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -176,20 +196,20 @@ class InceptionV3(InceptionNetWithAux):
         conv = dict(norm=norm, eps=TF_BN_EPS)
         stage_kwargs = inception_stage_kwargs(
             factorize_a=factorize_a, factorize_b=factorize_b, factorize_c=factorize_c,
-            count_include_pad=COUNT_INCLUDE_PAD,
+            count_include_pad=spec.count_include_pad,
         )
 
-        self.stem = InceptionV3Stem(in_chans, scale_widths(STEM_WIDTHS, width_mult), **conv)  # type: ignore[arg-type]
-        self.aux_head: AuxiliaryClassifier | None = None
+        self.stem = InceptionV3Stem(in_chans, scale_widths(spec.stem_widths, width_mult), **conv)  # type: ignore[arg-type]
+        self.aux_head: InceptionV3AuxClassifier | None = None
         head_conv = conv if aux_norm is None else dict(conv, norm=check_norm(aux_norm, "aux_norm"))
         for stage, blocks, channels in build_stages(
-            INCEPTION_V3_BODY, self.stem.out_channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
+            spec.body, self.stem.out_channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
         ):
             self.add_module(stage, blocks)
-            if stage == AUX_TAP and aux_logits:
+            if stage == spec.aux_tap and aux_logits:
                 # Registered here, between the 17x17 blocks and Reduction-B, as torchvision does.
-                aux_widths = scale_widths(AUX_WIDTHS, width_mult)
-                self.aux_head = AuxiliaryClassifier(channels, num_classes, aux_widths, **head_conv)  # type: ignore[arg-type]
+                aux_widths = scale_widths(spec.aux_widths, width_mult)
+                self.aux_head = InceptionV3AuxClassifier(channels, num_classes, aux_widths, **head_conv)  # type: ignore[arg-type]
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
         self._init_weights()
@@ -229,7 +249,20 @@ class InceptionV3(InceptionNetWithAux):
                 )
 
 
-@register_model(
+inception_v3 = register_variant(
+    InceptionV3,
+    INCEPTION_V3,
+    "inception_v3",
+    """Inception-v3 (Szegedy et al. 2015), the released model: 23.8M parameters, 5.71 GMACs at 299.
+
+    ``aux_logits=True`` adds the auxiliary classifier on the 17x17 grid (3.3M parameters; it runs only in
+    training, and then needs 299x299 inputs). ``transform_input`` re-maps ImageNet-normalised RGB to the [-1, 1]
+    scaling torchvision's pretrained weights expect. ``factorize_a=False`` makes Inception-A's double 3x3 one
+    5x5; ``factorize_b=False`` makes Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes each of
+    Inception-C's parallel 1x3/3x1 pairs one 3x3 of their summed width. The stem and reduction blocks keep
+    their layers. ``aux_norm`` sets the auxiliary classifier's normalisation apart from the body's: None follows
+    ``norm`` (BN, the paper's "BN-auxiliary"), ``"none"`` gives its convolutions a bias and no BN.
+    """,
     paper="Rethinking the Inception Architecture for Computer Vision (Szegedy et al.)",
     year=2015,
     input_size=299,
@@ -240,40 +273,3 @@ class InceptionV3(InceptionNetWithAux):
     "(27,161,264 with the aux head); shared/REFERENCES.md. The paper: 'less than 25 million parameters', "
     "'5 billion multiply-adds'.",
 )
-def inception_v3(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    aux_logits: bool = False,
-    transform_input: bool = False,
-    drop_rate: float = 0.5,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    factorize_a: bool = True,
-    factorize_b: bool = True,
-    factorize_c: bool = True,
-    aux_norm: NormKind | None = None,
-) -> InceptionV3:
-    """Inception-v3 (Szegedy et al. 2015), the released model: 23.8M parameters, 5.71 GMACs at 299.
-
-    ``aux_logits=True`` adds the auxiliary classifier on the 17x17 grid (3.3M parameters; it runs only in
-    training, and then needs 299x299 inputs). ``transform_input`` re-maps ImageNet-normalised RGB to the [-1, 1]
-    scaling torchvision's pretrained weights expect. ``factorize_a=False`` makes Inception-A's double 3x3 one
-    5x5; ``factorize_b=False`` makes Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes each of
-    Inception-C's parallel 1x3/3x1 pairs one 3x3 of their summed width. The stem and reduction blocks keep
-    their layers. ``aux_norm`` sets the auxiliary classifier's normalisation apart from the body's: None follows
-    ``norm`` (BN, the paper's "BN-auxiliary"), ``"none"`` gives its convolutions a bias and no BN.
-    """
-    return InceptionV3(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        aux_logits=aux_logits,
-        transform_input=transform_input,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        factorize_a=factorize_a,
-        factorize_b=factorize_b,
-        factorize_c=factorize_c,
-        aux_norm=aux_norm,
-    )

@@ -19,6 +19,9 @@ Reference: 42,679,816 parameters and 12.254 GMACs at 299x299 (timm 1.0.31, ``../
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -36,7 +39,7 @@ from inception_models.blocks import (
     max_pool_3x3_valid,
 )
 from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, scale_widths
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
 __all__ = [
     "InceptionV4Stem",
@@ -46,7 +49,9 @@ __all__ = [
     "InceptionB",
     "ReductionB",
     "InceptionC",
+    "INCEPTION_V4",
     "InceptionV4",
+    "InceptionV4Spec",
     "inception_v4",
 ]
 
@@ -140,6 +145,19 @@ INCEPTION_V4_BODY: BlockTable = (
 )
 
 
+@dataclass(frozen=True)
+class InceptionV4Spec:
+    """The table Inception-v4 is built from: the stem's widths (Fig. 3), the body (stage, block, one width dict per
+    block; Fig. 9 and Table 1) and the pool convention."""
+
+    stem_widths: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: dict(STEM_WIDTHS))
+    body: BlockTable = INCEPTION_V4_BODY
+    count_include_pad: bool = COUNT_INCLUDE_PAD
+
+
+INCEPTION_V4 = InceptionV4Spec()
+
+
 class InceptionV4(InceptionNet):
     """Inception-v4 (Szegedy et al. 2016, Fig. 9): stem, 4 x A, Reduction-A, 7 x B, Reduction-B, 3 x C.
 
@@ -153,6 +171,7 @@ class InceptionV4(InceptionNet):
 
     def __init__(
         self,
+        spec: InceptionV4Spec = INCEPTION_V4,
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -167,20 +186,29 @@ class InceptionV4(InceptionNet):
         conv = dict(norm=check_norm(norm), eps=TF_BN_EPS)
         stage_kwargs = inception_stage_kwargs(
             factorize_a=factorize_a, factorize_b=factorize_b, factorize_c=factorize_c,
-            count_include_pad=COUNT_INCLUDE_PAD,
+            count_include_pad=spec.count_include_pad,
         )
-        stem_widths = {k: scale_widths(v, width_mult) for k, v in STEM_WIDTHS.items()}
+        stem_widths = {k: scale_widths(v, width_mult) for k, v in spec.stem_widths.items()}
         self.stem = InceptionV4Stem(in_chans, widths=stem_widths, **conv)  # type: ignore[arg-type]
         channels = self.stem.out_channels
         for stage, blocks, channels in build_stages(
-            INCEPTION_V4_BODY, channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
+            spec.body, channels, width_mult=width_mult, stage_kwargs=stage_kwargs, **conv
         ):
             self.add_module(stage, blocks)
         self.num_features = channels
         self.global_pool, self.dropout, self.fc = make_head(channels, num_classes, drop_rate)
 
 
-@register_model(
+inception_v4 = register_variant(
+    InceptionV4,
+    INCEPTION_V4,
+    "inception_v4",
+    """Inception-v4 (Szegedy et al. 2016), the released model: 42.7M parameters, 12.25 GMACs at 299.
+
+    ``factorize_a=False`` makes Inception-A's two stacked 3x3 one 5x5; ``factorize_b=False`` makes
+    Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes Inception-C's 1x3/3x1 pairs 3x3. The
+    switches touch only the Inception-A/B/C blocks: the stem and the reduction blocks keep their layers.
+    """,
     paper="Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning (Szegedy et al.)",
     year=2016,
     input_size=299,
@@ -190,30 +218,3 @@ class InceptionV4(InceptionNet):
     reference_source="timm 1.0.31 inception_v4 (= Cadene's port of the TF-slim weights), measured; "
     "shared/REFERENCES.md. The paper gives no parameter count.",
 )
-def inception_v4(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.0,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    factorize_a: bool = True,
-    factorize_b: bool = True,
-    factorize_c: bool = True,
-) -> InceptionV4:
-    """Inception-v4 (Szegedy et al. 2016), the released model: 42.7M parameters, 12.25 GMACs at 299.
-
-    ``factorize_a=False`` makes Inception-A's two stacked 3x3 one 5x5; ``factorize_b=False`` makes
-    Inception-B's 1x7/7x1 pairs 7x7; ``factorize_c=False`` makes Inception-C's 1x3/3x1 pairs 3x3. The
-    switches touch only the Inception-A/B/C blocks: the stem and the reduction blocks keep their layers.
-    """
-    return InceptionV4(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        factorize_a=factorize_a,
-        factorize_b=factorize_b,
-        factorize_c=factorize_c,
-    )

@@ -2,6 +2,11 @@
 
 Every builder is registered with the metadata the toolkit prints beside its own measurements: the paper,
 its year, the native and minimum input sizes, and the published reference figures with their source.
+
+A family of the zoo declares its knobs once, on its model class (keyword-only constructor arguments), and its
+widths once, in a frozen spec; :func:`register_variant` registers one builder per variant (a spec, e.g. the
+paper's made from the released one with ``dataclasses.replace``), whose knobs the registry reads from that
+class's signature.
 """
 
 from __future__ import annotations
@@ -9,11 +14,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info"]
+from inception_models.convert import load_weights
+
+__all__ = ["ModelInfo", "register_model", "register_variant", "create_model", "list_models", "model_info"]
 
 
 @dataclass(frozen=True)
@@ -77,20 +84,50 @@ def register_model(
     return decorate
 
 
-def _ensure_zoo_loaded() -> None:
-    # Builders register themselves on import; importing the package imports every model module.
-    import inception_models  # noqa: F401
+def register_variant(
+    model: Callable[..., nn.Module],
+    spec: Any,
+    name: str,
+    doc: str,
+    *,
+    knobs: Sequence[str] | None = None,
+    **metadata: Any,
+) -> Callable[..., nn.Module]:
+    """Register ``name``, one variant of a family: its builder ``name(**knobs)`` returns ``model(spec, **knobs)``.
+
+    The builder's knobs are ``model``'s keyword-only arguments, read from its signature (``knobs`` keeps a
+    subset, for a variant that fixes the others in its spec); an unknown knob raises a ``TypeError`` naming the
+    known ones. ``doc`` is the builder's docstring; ``metadata`` goes to :func:`register_model`.
+    """
+    params = [p for p in inspect.signature(model).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    if knobs is not None:
+        missing = sorted(set(knobs) - {p.name for p in params})
+        if missing:
+            raise TypeError(f"{name}: {getattr(model, '__name__', model)} takes no knob(s) {missing}")
+        params = [p for p in params if p.name in knobs]
+    allowed = {p.name for p in params}
+
+    def builder(**kwargs: Any) -> nn.Module:
+        unknown = [k for k in kwargs if k not in allowed]
+        if unknown:
+            raise TypeError(f"{name} got unknown knob(s) {', '.join(map(repr, unknown))}; it takes: "
+                            f"{', '.join(p.name for p in params)}")
+        return model(spec, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    builder.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return register_model(name=name, **metadata)(builder)
 
 
 def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    _ensure_zoo_loaded()
+    """Names of every registered model, sorted. (Builders register themselves when their module is imported, and
+    importing any module of the package first runs its ``__init__``, which imports every model module.)"""
     return sorted(_REGISTRY)
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry entry for ``name``; an unknown name raises a ``ValueError`` listing the known ones."""
-    _ensure_zoo_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -112,7 +149,5 @@ def create_model(name: str, weights: str | Path | None = None, **knobs) -> nn.Mo
         )
     model = info.builder(**knobs)
     if weights is not None:
-        from inception_models.convert import load_weights
-
         load_weights(model, weights, model_name=name)
     return model

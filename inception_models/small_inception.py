@@ -47,6 +47,7 @@ are never factorised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -54,15 +55,17 @@ from torch import nn
 
 from inception_models.base import InceptionNet, make_head
 from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, conv_nxn, scale_width
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
 __all__ = [
     "MIN_INPUT_SIZE",
     "PAPER_PARAMS",
+    "SMALL_INCEPTION",
     "SMALL_INCEPTION_STAGES",
-    "InceptionModule",
+    "SmallInceptionModule",
     "DownsampleModule",
     "SmallInception",
+    "SmallInceptionSpec",
     "small_inception",
     "stage_grid_sizes",
 ]
@@ -82,6 +85,18 @@ SMALL_INCEPTION_STAGES: tuple[tuple[tuple[tuple[int, int], ...], int | None], ..
 NUM_STAGES = len(SMALL_INCEPTION_STAGES)
 
 
+@dataclass(frozen=True)
+class SmallInceptionSpec:
+    """The table the small Inception is built from (Fig. 3): the stem's width, then per stage the (#1x1, #3x3)
+    widths of its Inception modules and the width of the Downsample module that ends it (None for the last)."""
+
+    stem_width: int = STEM_WIDTH
+    stages: tuple[tuple[tuple[tuple[int, int], ...], int | None], ...] = SMALL_INCEPTION_STAGES
+
+
+SMALL_INCEPTION = SmallInceptionSpec()
+
+
 def stage_grid_sizes(image_size: int) -> tuple[int, ...]:
     """The grid each stage's Inception modules see for a square ``image_size`` input: (32, 16, 8) at 32.
 
@@ -97,7 +112,7 @@ def stage_grid_sizes(image_size: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-class InceptionModule(nn.Module):
+class SmallInceptionModule(nn.Module):
     """Inception module of Zhang et al. (Fig. 3): 1x1 conv | 3x3 conv, concatenated on channels.
 
     With ``factorize`` the 3x3 branch is a 1x3 conv then a 3x1 conv (Inception-v3, Fig. 6 with n = 3), both
@@ -151,7 +166,7 @@ class SmallInception(InceptionNet):
     separated by two Downsample modules, global average pool, FC.
 
     Submodules: ``stem``, ``stage0``, ``downsample0``, ``stage1``, ``downsample1``, ``stage2`` (each stage an
-    ``nn.Sequential`` of :class:`InceptionModule`), then ``global_pool``, ``dropout``, ``fc``.
+    ``nn.Sequential`` of :class:`SmallInceptionModule`), then ``global_pool``, ``dropout``, ``fc``.
     ``forward_features`` returns the 336-channel map of the last stage (8x8 at 32).
     """
 
@@ -160,6 +175,7 @@ class SmallInception(InceptionNet):
 
     def __init__(
         self,
+        spec: SmallInceptionSpec = SMALL_INCEPTION,
         *,
         num_classes: int = 10,
         in_chans: int = 3,
@@ -173,13 +189,13 @@ class SmallInception(InceptionNet):
         self.factorize_stages = tuple(sorted(_check_stages(factorize_stages)))
         conv = dict(norm=norm, eps=TF_BN_EPS)
 
-        self.stem = ConvNormAct(in_chans, scale_width(STEM_WIDTH, width_mult), 3, padding=1, **conv)
+        self.stem = ConvNormAct(in_chans, scale_width(spec.stem_width, width_mult), 3, padding=1, **conv)
         channels = self.stem.out_channels
-        for stage, (modules, downsample) in enumerate(SMALL_INCEPTION_STAGES):
+        for stage, (modules, downsample) in enumerate(spec.stages):
             blocks = []
             for ch1x1, ch3x3 in modules:
                 blocks.append(
-                    InceptionModule(
+                    SmallInceptionModule(
                         channels,
                         scale_width(ch1x1, width_mult),
                         scale_width(ch3x3, width_mult),
@@ -204,7 +220,7 @@ class SmallInception(InceptionNet):
         # this project uses for no-BN baselines after Santurkar et al. 2018 (not checked against their text: they
         # released no code). It shrinks ReLU activations layer by layer: at quarter width and batch 32 the
         # no-BN net stayed at chance under SGD (lr 0.01-0.4) in our measurements, so the smoothness
-        # experiment re-initialises it from data (analysis.experiments.smoothness.data_dependent_init).
+        # experiment re-initialises it from data (analysis.experiments.norm_variants.data_dependent_init).
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
@@ -212,7 +228,16 @@ class SmallInception(InceptionNet):
                     nn.init.zeros_(m.bias)
 
 
-@register_model(
+small_inception = register_variant(
+    SmallInception,
+    SMALL_INCEPTION,
+    "small_inception",
+    """Small Inception (Zhang et al. 2017, Fig. 3), the CIFAR-scale Inception: 1.65M parameters at 10 classes.
+
+    ``norm="none"`` drops BN (convs get biases, Glorot-uniform init as in Santurkar et al. 2018).
+    ``factorize_stages`` lists the stages (0 early, 1 middle, 2 late: 32, 16, 8 px grids at 32x32 input) whose
+    Inception modules use 1x3 then 3x1 in place of 3x3.
+    """,
     paper="Understanding deep learning requires rethinking generalization (Zhang et al.)",
     year=2017,
     input_size=32,
@@ -222,26 +247,3 @@ class SmallInception(InceptionNet):
     "scale; ours with BN is 1,651,114 = 1,649,402 + 1,712 BN scales; norm='none' (conv biases) gives exactly "
     "1,649,402.",
 )
-def small_inception(
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    drop_rate: float = 0.0,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    factorize_stages: tuple[int, ...] = (),
-) -> SmallInception:
-    """Small Inception (Zhang et al. 2017, Fig. 3), the CIFAR-scale Inception: 1.65M parameters at 10 classes.
-
-    ``norm="none"`` drops BN (convs get biases, Glorot-uniform init as in Santurkar et al. 2018).
-    ``factorize_stages`` lists the stages (0 early, 1 middle, 2 late: 32, 16, 8 px grids at 32x32 input) whose
-    Inception modules use 1x3 then 3x1 in place of 3x3.
-    """
-    return SmallInception(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        factorize_stages=factorize_stages,
-    )

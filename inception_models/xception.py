@@ -18,14 +18,16 @@ convolution makes things worse, ReLU most of all; ``mid_activation=True`` puts t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from inception_models.base import InceptionNet, make_head
 from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, init_he_fan_out, scale_width
-from inception_models.registry import register_model
+from inception_models.registry import register_variant
 
-__all__ = ["SeparableConv2d", "SeparableConvNorm", "XceptionBlock", "Xception", "xception"]
+__all__ = ["XCEPTION", "SeparableConv2d", "SeparableConvNorm", "XceptionBlock", "Xception", "XceptionSpec", "xception"]
 
 # 7 -> 3 (3x3/2 'valid') -> 1 (3x3 'valid'); every later layer is padded and works on a 1x1 grid.
 MIN_INPUT_SIZE = 7
@@ -145,6 +147,22 @@ EXIT_BLOCK = (1024, 2, 2, False)
 EXIT_CONVS = (1536, 2048)
 
 
+@dataclass(frozen=True)
+class XceptionSpec:
+    """The three flows of Xception (Fig. 5): the entry stem's two conv widths, then blocks as
+    (out_channels, reps, stride, grow_first): the entry flow's, the one middle-flow block repeated
+    ``middle_blocks`` times, the exit block, and the exit flow's two separable convolutions."""
+
+    entry_stem: tuple[int, int] = ENTRY_STEM
+    entry_blocks: tuple[tuple[int, int, int, bool], ...] = ENTRY_BLOCKS
+    middle_block: tuple[int, int, int, bool] = MIDDLE_BLOCK
+    exit_block: tuple[int, int, int, bool] = EXIT_BLOCK
+    exit_convs: tuple[int, ...] = EXIT_CONVS
+
+
+XCEPTION = XceptionSpec()
+
+
 class Xception(InceptionNet):
     """Xception (Chollet 2017, Fig. 5): entry flow, ``middle_blocks`` middle-flow blocks, exit flow.
 
@@ -158,6 +176,7 @@ class Xception(InceptionNet):
 
     def __init__(
         self,
+        spec: XceptionSpec = XCEPTION,
         *,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -174,14 +193,14 @@ class Xception(InceptionNet):
         width = lambda c: scale_width(c, width_mult)  # noqa: E731
         block = dict(norm=norm, mid_activation=mid_activation)
 
-        stem_1, stem_2 = (width(c) for c in ENTRY_STEM)
+        stem_1, stem_2 = (width(c) for c in spec.entry_stem)
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, stem_1, 3, stride=2, norm=norm, eps=XCEPTION_BN_EPS),
             ConvNormAct(stem_1, stem_2, 3, norm=norm, eps=XCEPTION_BN_EPS),
         )
         channels = stem_2
         entry = []
-        for i, (out, reps, stride, grow_first) in enumerate(ENTRY_BLOCKS):
+        for i, (out, reps, stride, grow_first) in enumerate(spec.entry_blocks):
             entry.append(
                 XceptionBlock(channels, width(out), reps=reps, stride=stride, start_with_relu=i > 0,
                               grow_first=grow_first, **block)
@@ -189,7 +208,7 @@ class Xception(InceptionNet):
             channels = width(out)
         self.entry_flow = nn.Sequential(*entry)
 
-        out, reps, stride, grow_first = MIDDLE_BLOCK
+        out, reps, stride, grow_first = spec.middle_block
         self.middle_flow = nn.Sequential(
             *(XceptionBlock(channels, width(out), reps=reps, stride=stride, grow_first=grow_first, **block)
               for _ in range(middle_blocks))
@@ -197,12 +216,12 @@ class Xception(InceptionNet):
         if middle_blocks:
             channels = width(out)
 
-        out, reps, stride, grow_first = EXIT_BLOCK
+        out, reps, stride, grow_first = spec.exit_block
         exit_layers: list[nn.Module] = [
             XceptionBlock(channels, width(out), reps=reps, stride=stride, grow_first=grow_first, **block)
         ]
         channels = width(out)
-        for out in EXIT_CONVS:
+        for out in spec.exit_convs:
             exit_layers.append(SeparableConvNorm(channels, width(out), post_act=True, **block))
             channels = width(out)
         self.exit_flow = nn.Sequential(*exit_layers)
@@ -212,7 +231,15 @@ class Xception(InceptionNet):
         init_he_fan_out(self)  # as the reference port; the classifier keeps PyTorch's default
 
 
-@register_model(
+xception = register_variant(
+    Xception,
+    XCEPTION,
+    "xception",
+    """Xception (Chollet 2017): 22.9M parameters, 8.36 GMACs at 299, 36 convolution layers in 14 modules.
+
+    ``mid_activation=True`` adds a ReLU between every depthwise and pointwise convolution (no parameters;
+    worse in the paper's Fig. 10); ``middle_blocks`` sets the depth of the middle flow (8 in the paper).
+    """,
     paper="Xception: Deep Learning with Depthwise Separable Convolutions (Chollet)",
     year=2017,
     input_size=299,
@@ -222,27 +249,3 @@ class Xception(InceptionNet):
     reference_source="timm 1.0.31 legacy_xception (= Cadene's port of the Keras weights = the paper's Table 3 "
     "model), measured; shared/REFERENCES.md",
 )
-def xception(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    drop_rate: float = 0.0,
-    norm: NormKind = "bn",
-    width_mult: float = 1.0,
-    mid_activation: bool = False,
-    middle_blocks: int = 8,
-) -> Xception:
-    """Xception (Chollet 2017): 22.9M parameters, 8.36 GMACs at 299, 36 convolution layers in 14 modules.
-
-    ``mid_activation=True`` adds a ReLU between every depthwise and pointwise convolution (no parameters;
-    worse in the paper's Fig. 10); ``middle_blocks`` sets the depth of the middle flow (8 in the paper).
-    """
-    return Xception(
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        norm=norm,
-        width_mult=width_mult,
-        mid_activation=mid_activation,
-        middle_blocks=middle_blocks,
-    )

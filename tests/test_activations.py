@@ -11,13 +11,8 @@ import torchvision
 from torch import nn
 
 from analysis import TrainConfig, Trainer
-from analysis.activations import (
-    ActivationMonitor,
-    DeadUnitAlarm,
-    dead_channels,
-    find_dead_units,
-    prepool_layer,
-)
+from analysis.instruments.activations import ActivationMonitor, prepool_layer
+from analysis.instruments.dead_units import DeadUnitAlarm, dead_channels, find_dead_units
 from inception_models import create_model
 from inception_models.layers import ConvNormAct
 
@@ -321,7 +316,7 @@ def test_alarm_fires_and_logs_on_a_run_that_dies(caplog):
     torch.manual_seed(0)
     model = SmallNet()
     alarm = DeadUnitAlarm(every=2, threshold=1.0)
-    with caplog.at_level(logging.WARNING, logger="analysis.activations"):
+    with caplog.at_level(logging.WARNING, logger="analysis.instruments.dead_units"):
         trainer = run_fake(model, alarm, steps=10, die_at=5)
     # windows are steps 1-2, 3-4, 5-6 (dies in the forward of step 6), ...: first all-dead window ends at step 8
     assert [s for s, _ in trainer.metrics] == [2, 4, 6, 8, 10]
@@ -363,8 +358,8 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
     x, y = torch.randn(64, 3, 8, 8, generator=g) + 2.0, torch.randint(0, 4, (64,), generator=g)
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2, stop=True)
-    config = TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0, log_every=1,
-                         progress=False)
+    config = TrainConfig(steps=40, batch_size=8, lr=30.0, momentum=0.0, device="cpu", seed=0,
+                         log_every=1, progress=False)
     history = Trainer(Net(), config, (x, y), callbacks=[alarm]).fit()
     assert alarm.alarm_step is not None and alarm.alarm_step < 40
     train = history[history["split"] == "train"]
@@ -375,15 +370,16 @@ def test_alarm_with_the_real_trainer_stops_a_dying_run():
 
 def test_alarm_counts_only_the_training_forward_beside_a_landscape_probe():
     """The probe runs K extra train-mode forwards per step and the trainer evaluates: neither enters the window."""
-    from analysis.landscape import LandscapeProbe
+    from analysis.instruments.line_search import LandscapeProbe
 
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g))
     torch.manual_seed(0)
     alarm = DeadUnitAlarm(every=2)
-    config = TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1, log_every=1,
-                         progress=False)
-    Trainer(SmallNet(), config, data, val_data=data, callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
+    config = TrainConfig(steps=4, batch_size=4, lr=0.01, device="cpu", seed=0, eval_every=1,
+                         log_every=1, progress=False)
+    Trainer(SmallNet(), config, data, val_data=data,
+            callbacks=[LandscapeProbe(every=1, num_points=2), alarm]).fit()
     frame = alarm.to_frame()
     assert frame["step"].tolist() == [2, 4] and frame["samples"].tolist() == [8, 8]
     assert (frame["mode"] == "train").all() and frame["dead"].tolist() == [0, 0]

@@ -14,7 +14,7 @@ from torch import nn
 import analysis
 import inception_models
 from analysis import pending_points, read_results, run_sweep
-from analysis.sweep import point_id
+from analysis.training.sweep import point_id
 from inception_models import create_model, list_models, model_info, register_model
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.budgets import BudgetFileError, check_budget, check_budgets, load_budgets, overshoot_message
+from analysis.instruments.budgets import BudgetFileError, check_budget, check_budgets, load_budgets, overshoot_message
 
 pytest_plugins = ["pytester"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.io import atomic_path, atomic_write_text
-from analysis.tables import FORMATS, render, write_table
+from analysis.report.tables import FORMATS, render, write_table
 from inception_models import create_model, list_models, model_info
 from inception_models.layers import ConvNormAct, check_input, conv_nxn, conv_stacked, residual_scales, scale_width
 

@@ -14,7 +14,7 @@ import torchvision
 from fvcore.nn import FlopCountAnalysis, parameter_count
 from torch import nn
 
-from analysis.counting import (
+from analysis.instruments.counting import (
     COLUMNS,
     count_model,
     create_model_for_counting,
@@ -24,7 +24,7 @@ from analysis.counting import (
     uncounted_ops,
     uncounted_note,
 )
-from analysis.tables import render
+from analysis.report.tables import render
 from inception_models import list_models, model_info
 
 from helpers import GOOGLENET_TABLE_1, macs_and_grids

@@ -12,19 +12,12 @@ from PIL import Image
 from torch import nn
 
 from analysis import TrainConfig, Trainer
-from analysis.data import (
-    SHAPE_CLASSES,
-    EpochSampler,
-    SyntheticShapes,
-    build_dataset,
-    epoch_order,
-    inception_eval_transform,
-    inception_train_transform,
-    load_cifar10,
-    load_image_folder,
-    make_loader,
-    make_synthetic,
-)
+from analysis.data.cifar10 import load_cifar10
+from analysis.data.imagefolder import load_image_folder
+from analysis.data.spec import build_dataset
+from analysis.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_synthetic
+from analysis.data.transforms import inception_eval_transform, inception_train_transform
+from analysis.training.sampling import DataSource, EpochSampler, epoch_order, make_loader
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -373,3 +366,11 @@ def test_the_trainer_reads_samples_in_the_order_of_make_loader() -> None:
     config = TrainConfig(steps=6, batch_size=4, lr=0.01, device="cpu", seed=5, log_every=1, progress=False)
     Trainer(nn.Linear(4, 2), config, data).fit()  # two epochs of three batches
     assert data.read == expected
+
+
+def test_make_loader_draws_the_trainers_order() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(100))
+    for seed, epoch in [(0, 0), (3, 5), (2**33 + 1, 2)]:
+        loader = make_loader(data, 10, shuffle=True, seed=seed, epoch=epoch)
+        trainer_batches = DataSource.of(data, "data").epoch_loader(10, seed, epoch, 0)
+        assert [b[0].tolist() for b in loader] == [b[0].tolist() for b in trainer_batches]

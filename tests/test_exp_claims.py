@@ -11,13 +11,28 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.experiments import _shared as shared
 from analysis.experiments import aux_heads as ah
 from analysis.experiments import bn_speedup as bs
 from analysis.experiments import label_smoothing as ls
 from analysis.experiments import residual_speedup as rs
-from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    INCONCLUSIVE_ONE_SEED,
+    INCONCLUSIVE_SPREAD,
+    SHOWS,
+    auto_target,
+    censored_steps,
+    compare,
+    finite_evals,
+    learned_threshold,
+    steps_to_target,
+)
+from analysis.report import sections
+from analysis.report.build import render_section
+from analysis.report.document import Section
+from analysis.training.sweep import point_id
+from analysis.experiments import verdict as shared
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {
@@ -46,19 +61,19 @@ def tiny_runs(tmp_path_factory):
 
 # ============================================================================================ shared helpers
 def test_compare_words_follow_effect_against_spread():
-    shows = shared.compare([0.50, 0.52], [0.40, 0.41])
-    assert shows.word == shared.SHOWS
+    shows = compare([0.50, 0.52], [0.40, 0.41])
+    assert shows.word == SHOWS
     assert shows.effect == pytest.approx(0.105) and shows.spread == pytest.approx(0.02) and shows.seeds == 2
-    assert shared.compare([0.40, 0.41], [0.50, 0.52]).word == shared.DOES_NOT_SHOW
-    assert shared.compare([0.45, 0.60], [0.40, 0.50]).word == shared.INCONCLUSIVE_SPREAD  # 0.075 < 0.15
-    assert shared.compare([0.5], [0.4]).word == shared.INCONCLUSIVE_ONE_SEED
-    assert shared.compare([200, 200], [200, 200], higher_is_better=False).word == shared.DOES_NOT_SHOW
+    assert compare([0.40, 0.41], [0.50, 0.52]).word == DOES_NOT_SHOW
+    assert compare([0.45, 0.60], [0.40, 0.50]).word == INCONCLUSIVE_SPREAD  # 0.075 < 0.15
+    assert compare([0.5], [0.4]).word == INCONCLUSIVE_ONE_SEED
+    assert compare([200, 200], [200, 200], higher_is_better=False).word == DOES_NOT_SHOW
     # Lower is better (steps): 100 vs 180 steps with a spread of 20 shows; a floor of 100 steps does not.
-    assert shared.compare([90, 110], [170, 190], higher_is_better=False).word == shared.SHOWS
-    assert shared.compare([90, 110], [170, 190], higher_is_better=False, min_effect=100).word == shared.DOES_NOT_SHOW
-    assert shared.compare([0.5, float("nan"), 0.52], [0.4, 0.41]).seeds == 2
+    assert compare([90, 110], [170, 190], higher_is_better=False).word == SHOWS
+    assert compare([90, 110], [170, 190], higher_is_better=False, min_effect=100).word == DOES_NOT_SHOW
+    assert compare([0.5, float("nan"), 0.52], [0.4, 0.41]).seeds == 2
     with pytest.raises(ValueError, match="at least one value"):
-        shared.compare([], [0.1])
+        compare([], [0.1])
 
 
 @pytest.mark.parametrize("effect, spread, min_effect, seeds, word", [
@@ -100,36 +115,36 @@ def test_compare_signs_spreads_and_describes():
 
 def test_steps_to_target_censoring_and_auto_target():
     curve = pd.DataFrame({"step": [30, 10, 20], "accuracy": [0.5, 0.1, 0.31]})
-    assert shared.steps_to_target(curve, 0.3) == 20.0
-    assert math.isnan(shared.steps_to_target(curve, 0.9))
-    assert shared.censored_steps(math.nan, 200) == 200.0 and shared.censored_steps(40.0, 200) == 40.0
-    assert shared.learned_threshold(900) == pytest.approx(0.13)  # 0.1 + 3 * sqrt(0.09 / 900)
-    assert shared.auto_target([0.5, 0.3], fraction=0.9, n_val=900) == pytest.approx(0.36)
-    assert shared.auto_target([0.1, 0.1], fraction=0.9, n_val=900) == pytest.approx(0.13)  # floored
+    assert steps_to_target(curve, 0.3) == 20.0
+    assert math.isnan(steps_to_target(curve, 0.9))
+    assert censored_steps(math.nan, 200) == 200.0 and censored_steps(40.0, 200) == 40.0
+    assert learned_threshold(900) == pytest.approx(0.13)  # 0.1 + 3 * sqrt(0.09 / 900)
+    assert auto_target([0.5, 0.3], fraction=0.9, n_val=900) == pytest.approx(0.36)
+    assert auto_target([0.1, 0.1], fraction=0.9, n_val=900) == pytest.approx(0.13)  # floored
     evals = pd.DataFrame({"step": [1, 2], "loss": [float("nan"), 2.0], "accuracy": [0.9, 0.1]})
-    assert shared.finite_evals(evals)["step"].tolist() == [2]
+    assert finite_evals(evals)["step"].tolist() == [2]
 
 
 def test_ece_and_reliability_bins_on_hand_made_probabilities():
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.45, 0.55]])
     labels = torch.tensor([0, 1, 0, 0])
-    bins = shared.reliability_bins(probs, labels, bins=5)
+    bins = reliability_bins(probs, labels, bins=5)
     assert bins["count"].tolist() == [0, 0, 2, 0, 2]
     assert bins.loc[2, "confidence"] == pytest.approx(0.55) and bins.loc[2, "accuracy"] == pytest.approx(0.5)
     assert bins.loc[4, "confidence"] == pytest.approx(0.9) and bins.loc[4, "accuracy"] == pytest.approx(0.5)
     # (2/4) * |0.5 - 0.55| + (2/4) * |0.5 - 0.9|
-    assert shared.expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
+    assert expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
     with pytest.raises(ValueError, match="labels"):
-        shared.reliability_bins(probs, labels[:2])
+        reliability_bins(probs, labels[:2])
 
 
 def test_logit_gaps():
-    gaps = shared.logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
+    gaps = logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
     assert gaps["gap_to_mean"] == pytest.approx((2.5 + 1.0) / 2)
     assert gaps["gap_to_second"] == pytest.approx((2.0 + 0.0) / 2)
     assert 1 / 3 < gaps["max_prob"] < 1
     with pytest.raises(ValueError, match="logits"):
-        shared.logit_gaps(torch.zeros(4))
+        logit_gaps(torch.zeros(4))
 
 
 # ================================================================================================= configs
@@ -412,12 +427,13 @@ def test_section_renders_tables_figures_and_verdict(tiny_runs, tmp_path, monkeyp
     folder, _ = tiny_runs[name]
     module = MODULES[name]
     monkeypatch.setitem(module.CONFIGS, "quick", {**TINY[name], "seed": 0})
-    monkeypatch.setattr(module, "default_results_dir", lambda *_: folder)
+    section_module = getattr(sections, name)
+    monkeypatch.setattr(section_module, "default_results_dir", lambda *_: folder)
     monkeypatch.setattr(module, "run_point", lambda point: (_ for _ in ()).throw(AssertionError("ran again")))
-    section = module.section("quick", 0)
+    section = section_module.section("quick", 0)
     assert isinstance(section, Section) and section.tables and section.figures
     assert section.verdict.split(":")[0].split(" (")[0] in {"shows", "does not show", "inconclusive"}
-    markdown = _render_section(section, tmp_path)
+    markdown = render_section(section, tmp_path)
     for stem in stems:
         assert (tmp_path / stem).exists(), stem
     assert "Verdict at this scale" in markdown

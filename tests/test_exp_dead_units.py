@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import dead_units as du
-from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.report.build import render_section
+from analysis.report.document import Section
+from analysis.report.sections import dead_units as du_section
+from analysis.training.sweep import point_id
 
 # Two points' worth of a model that still has the wide 1x1 last stage: one A/B/C block each, 1/16 width.
 TINY = {
@@ -202,13 +204,12 @@ def test_verdict_inconclusive_without_the_needed_arms_and_rejects_empty():
 # ------------------------------------------------------------------------------------------------ section
 def test_section_renders_table_figures_and_verdict(tmp_path, monkeypatch):
     monkeypatch.setitem(du.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(du, "default_results_dir", lambda name, mode, seed: tmp_path / "results" / f"{mode}-{seed}")
-    section = du.section("quick", 0)
+    section = du_section.section("quick", 0, results_root=tmp_path / "results")
     assert isinstance(section, Section)
     assert section.verdict.split(":")[0] in {"shows", "does not show", "does not show at this scale",
                                              "inconclusive"}
     assert len(section.tables[0].frame) == 2 and list(section.tables[0].frame.columns) == du.SUMMARY_COLUMNS
-    markdown = _render_section(section, tmp_path / "report")
+    markdown = render_section(section, tmp_path / "report")
     for stem in ("dead_units.md", "dead_units.csv", "dead_units_curves.csv", "dead_units_curves_v2.png",
                  "dead_units_phase_v2.png"):
         assert (tmp_path / "report" / stem).exists(), stem

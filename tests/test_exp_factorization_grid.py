@@ -10,11 +10,12 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.experiments import _shared as shared
+from analysis.experiments.verdict import final_evals
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
-from analysis.report import Section
-from analysis.sweep import point_id
+from analysis.report.document import Section
+from analysis.report.sections import factorization_grid as fg_section
+from analysis.training.sweep import point_id
 
 from helpers import small_inception_params
 
@@ -110,7 +111,7 @@ def _frames(accuracies: dict[str, list[float]]) -> tuple[pd.DataFrame, pd.DataFr
     rows = [{"point_id": f"{v}{i}", "variant": v, "grid": grids[v], "seed": i, "params": PARAMS[v], "split": "val",
              "step": 10, "loss": 1.0, "accuracy": a} for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return fg.summarise(results), shared.final_evals(results)
+    return fg.summarise(results), final_evals(results)
 
 
 @pytest.mark.parametrize("accuracies, expected", [
@@ -145,8 +146,8 @@ def test_section_renders(tiny_run, monkeypatch, tmp_path):
 
     folder, _ = tiny_run
     monkeypatch.setitem(fg.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(fg, "default_results_dir", lambda name, mode, seed: folder)
-    section = fg.section("quick", 0)
+    monkeypatch.setattr(fg_section, "default_results_dir", lambda *_: folder)
+    section = fg_section.section("quick", 0)
     assert isinstance(section, Section)
     assert section.verdict.split(":")[0] in {"shows", "does not show", "inconclusive"}
     assert list(section.tables[0].frame.columns) == fg.SUMMARY_COLUMNS

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from analysis.experiments import smoothness as sm
-from analysis.report import Section, _render_section
-from analysis.sweep import point_id
+from analysis.report.build import render_section
+from analysis.report.document import Section
+from analysis.report.sections import smoothness as sm_section
+from analysis.training.sweep import point_id
 from inception_models import create_model
 
 # Two variants, one lr, a 1/16-width net: 4 sweep steps and 6 probed steps of batch 8.
@@ -306,8 +308,7 @@ def test_matched_uses_the_overlap_of_the_losses_both_runs_visited():
 # ------------------------------------------------------------------------------------------------ section
 def test_section_renders_on_a_tiny_config(tmp_path, monkeypatch):
     monkeypatch.setitem(sm.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(sm, "default_results_dir", lambda name, mode, seed: tmp_path / f"{name}-{mode}-{seed}")
-    section = sm.section("quick", 0)
+    section = sm_section.section("quick", 0, results_root=tmp_path)
     assert isinstance(section, Section)
     assert [t.stem for t in section.tables] == ["smoothness_lr_sweep", "smoothness_summary", "smoothness_matched",
                                                 "smoothness_comparison", "smoothness_probes"]
@@ -316,7 +317,7 @@ def test_section_renders_on_a_tiny_config(tmp_path, monkeypatch):
     summary = section.tables[1].frame
     assert list(summary.columns) == sm.SUMMARY_COLUMNS and summary["probes"].tolist() == [2, 2]
     (tmp_path / "out").mkdir()
-    text = _render_section(section, tmp_path / "out")
+    text = render_section(section, tmp_path / "out")
     assert "lr sweep" in text and (tmp_path / "out" / "smoothness_loss_landscape.png").exists()
 
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import load_experiment, resolve_config
-from analysis.experiments import _shared as shared
+from analysis.experiments.verdict import final_evals
 from analysis.experiments import xception_vs_v3 as xv
-from analysis.report import Section
+from analysis.report.document import Section
+from analysis.report.sections import xception_vs_v3 as xv_section
 
 from helpers import inception_v3_params, xception_params
 
@@ -123,7 +124,7 @@ def _frames(accuracies: dict[str, list[float]], params: dict[str, int] | None = 
              "seed": i, "params": params[v], "split": "val", "step": 10, "loss": 1.0, "accuracy": a}
             for v, accs in accuracies.items() for i, a in enumerate(accs)]
     results = pd.DataFrame(rows)
-    return xv.summarise(results), shared.final_evals(results)
+    return xv.summarise(results), final_evals(results)
 
 
 LEARNED = {xv.V3: [0.40, 0.42], xv.XCEPTION: [0.50, 0.52], xv.MID_RELU: [0.45, 0.46]}
@@ -184,8 +185,8 @@ def test_section_renders(tiny_run, monkeypatch):
 
     folder, _ = tiny_run
     monkeypatch.setitem(xv.CONFIGS, "quick", TINY)
-    monkeypatch.setattr(xv, "default_results_dir", lambda name, mode, seed: folder)
-    section = xv.section("quick", 0)
+    monkeypatch.setattr(xv_section, "default_results_dir", lambda *_: folder)
+    section = xv_section.section("quick", 0)
     assert isinstance(section, Section)
     assert section.verdict.startswith("Xception vs Inception-v3 at similar parameters: ")
     assert list(section.tables[0].frame.columns) == xv.SUMMARY_COLUMNS

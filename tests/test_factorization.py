@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.factorization import (
+from analysis.instruments.factorization import (
     SCHEMES,
     build_scheme,
     conv_macs,

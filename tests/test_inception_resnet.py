@@ -12,8 +12,8 @@ from inception_models.inception_resnet import (
     InceptionResNetA,
     InceptionResNetB,
     InceptionResNetC,
-    ReductionA,
-    ReductionB,
+    InceptionResNetReductionA,
+    InceptionResNetReductionB,
 )
 from inception_models.layers import ConvNormAct
 
@@ -192,9 +192,9 @@ def test_residual_block_computes_the_papers_formula(block_cls, widths):
 
 def test_reductions_use_valid_padding_and_pass_the_input_through():
     x = torch.randn(1, 12, 17, 17)
-    red_a = ReductionA(12, 4, 5, 6, 7)
+    red_a = InceptionResNetReductionA(12, 4, 5, 6, 7)
     assert red_a(x).shape == (1, 7 + 6 + 12, 8, 8) and red_a.out_channels == 25
-    red_b = ReductionB(12, ((4, 5), (4, 6), (4, 6, 7)))
+    red_b = InceptionResNetReductionB(12, ((4, 5), (4, 6), (4, 6, 7)))
     assert red_b(x).shape == (1, 5 + 6 + 7 + 12, 8, 8) and red_b.out_channels == 30
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from inception_models import InceptionOutputs, create_model, model_info
 from inception_models.inception_v3 import (
-    AuxiliaryClassifier,
+    InceptionV3AuxClassifier,
     InceptionA,
     InceptionB,
     InceptionC,
@@ -234,7 +234,7 @@ def test_minimum_input_size_and_bad_inputs():
 def test_aux_head_is_the_papers_side_head():
     model = on_meta(aux_logits=True, num_classes=10)
     head = model.aux_head
-    assert isinstance(head, AuxiliaryClassifier)
+    assert isinstance(head, InceptionV3AuxClassifier)
     assert head.conv0.conv.kernel_size == (1, 1) and head.conv1.conv.kernel_size == (5, 5)
     assert (head.conv0.out_channels, head.conv1.out_channels, head.fc.out_features) == (128, 768, 10)
     names = list(dict(model.named_children()))

@@ -11,17 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis import TrainConfig, Trainer
-from analysis.landscape import (
-    LandscapeProbe,
-    default_etas,
+from analysis.instruments.landscape import (
     filter_normalized_direction,
     hessian_top_eigenvalue,
     hessian_trace,
     hvp,
-    line_search_probe,
     loss_slice_1d,
     loss_slice_2d,
 )
+from analysis.instruments.line_search import LandscapeProbe, default_etas, line_search_probe
 
 EIGENVALUES = [5.0, 2.0, 1.0, 0.5]
 
@@ -330,6 +328,7 @@ def test_landscape_probe_callback_logs_and_keeps_rows():
 
 
 def test_landscape_probe_does_not_change_a_real_training_run():
+
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()

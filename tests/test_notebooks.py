@@ -23,7 +23,7 @@ EXPECTED = ["01_zoo_tour", "02_factorization", "03_dead_units", "04_bn_smoothnes
 SLOW: set[str] = set()
 
 # The public API: the two packages' top-level names, and these modules of analysis named in the docs.
-PUBLIC_MODULES = {"inception_models", "analysis", "analysis.figures", "analysis.budgets", "analysis.data"}
+PUBLIC_MODULES = {"inception_models", "analysis", "analysis.report.figures", "analysis.data"}
 OUR_PACKAGES = ("inception_models", "analysis")
 
 # A kernel spec of its own, pointing at this interpreter, so a user-level "python3" kernel of another Python

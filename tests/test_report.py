@@ -6,11 +6,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-import analysis.report_sections as report_sections
-from analysis.report import Figure, Section, Table, build_report
+import analysis.report.build as report_build
+from analysis.report.build import build_report
+from analysis.report.document import Figure, Section, Table
 
 
-def tiny_section(mode: str, seed: int) -> Section:
+def tiny_section(mode: str, seed: int, results_root=None) -> Section:
     frame = pd.DataFrame({"model": ["a", "b"], "params": [1_000 + seed, 2_000], "gmacs": [0.5, 1.25]})
 
     def draw() -> plt.Figure:
@@ -24,14 +25,14 @@ def tiny_section(mode: str, seed: int) -> Section:
                    figures=[Figure("tiny_bars", "Bars", draw)])
 
 
-def broken_section(mode: str, seed: int) -> Section:
+def broken_section(mode: str, seed: int, results_root=None) -> Section:
     raise RuntimeError("experiment crashed")
 
 
 @pytest.fixture
 def sections(monkeypatch):
-    monkeypatch.setattr(report_sections, "SECTIONS", [("tiny", tiny_section), ("broken", broken_section)])
-    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("tiny", "broken"))
+    monkeypatch.setattr(report_build, "SECTIONS", [("tiny", tiny_section), ("broken", broken_section)])
+    monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("tiny", "broken"))
 
 
 def test_writes_every_format_and_links_them(tmp_path, sections):
@@ -78,22 +79,22 @@ def test_bad_arguments(tmp_path, sections):
 def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
-    keys = [key for key, _ in report_sections.SECTIONS]
+    keys = [key for key, _ in report_build.SECTIONS]
     assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
-    assert set(report_sections.QUICK_SECTIONS) < set(keys)
+    assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
 def test_default_sections_per_mode(tmp_path, monkeypatch):
     ran = []
 
     def recorder(key):
-        def build(mode, seed):
+        def build(mode, seed, results_root):
             ran.append((key, mode))
             return Section(title=key)
         return build
 
-    monkeypatch.setattr(report_sections, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
-    monkeypatch.setattr(report_sections, "QUICK_SECTIONS", ("a", "c"))
+    monkeypatch.setattr(report_build, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
+    monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("a", "c"))
     build_report(tmp_path / "q", progress=False)
     build_report(tmp_path / "f", mode="full", progress=False)
     build_report(tmp_path / "all", sections="all", progress=False)
@@ -103,7 +104,9 @@ def test_default_sections_per_mode(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_zoo_section_matches_the_references(tmp_path):
-    section = report_sections.zoo_section("quick", 0)
+    from analysis.report.sections.zoo import zoo_section
+
+    section = zoo_section("quick", 0)
     zoo = section.tables[0].frame.set_index("model")
     exact = zoo.dropna(subset=["ref_params"])
     assert (exact["params_delta"].drop(index="small_inception") == 0).all()
@@ -125,7 +128,8 @@ def _drawn(section: Section) -> list[str]:
 def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     """Two models at small inputs instead of the zoo at native size: every MAC of each model lands in its long
     table, and the wide table has one column per spatial grid, largest first."""
-    from analysis.counting import count_model, create_model_for_counting, totals
+    from analysis.instruments.counting import count_model, create_model_for_counting, totals
+    from analysis.report.sections import zoo as report_sections
 
     sizes = {"small_inception": 32, "googlenet": 64, "inception_v3": 75}  # inception_v3: the notes' convention line
     counts = {name: count_model(create_model_for_counting(name), input_size=size) for name, size in sizes.items()}
@@ -149,7 +153,8 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
 def test_factorization_section_on_one_small_study(monkeypatch):
     """The study at grids 16 and 17 with 8 channels, a fixed whole-model table: the 17x17 table, the notes naming
     each whole-model variant; a study whose measured cost left its closed form stops the section."""
-    from analysis.factorization import factorization_study
+    from analysis.instruments.factorization import factorization_study
+    from analysis.report.sections import factorization as report_sections
 
     study = factorization_study(grids=[16, 17], channels=8)
     undo = pd.DataFrame({"group": ["inception_v3", "inception_v3"], "model": ["inception_v3", "inception_v3"],
@@ -157,7 +162,7 @@ def test_factorization_section_on_one_small_study(monkeypatch):
                          "params": [23_834_568, 23_880_072], "params_delta": [0, 45_504]})
     monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: study)
     monkeypatch.setattr(report_sections, "undo_factorization_table", lambda: undo)
-    section = report_sections.factorization_section("quick", 0)
+    section = report_sections.section("quick", 0)
     at_17, everything, whole = (table.frame for table in section.tables)
     assert (at_17.columns[:3].tolist(), len(at_17)) == (["scheme", "n", "form"], 8)  # 4 schemes x 2 forms
     assert everything is study and "variant" not in whole.columns and len(whole) == 2
@@ -168,16 +173,28 @@ def test_factorization_section_on_one_small_study(monkeypatch):
     broken = study.assign(exact=[True] * (len(study) - 1) + [False])
     monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: broken)
     with pytest.raises(RuntimeError, match="differs from its closed form"):
-        report_sections.factorization_section("quick", 0)
+        report_sections.section("quick", 0)
 
 
-def test_experiment_sections_call_their_experiments_section(monkeypatch):
-    from analysis.experiments import EXPERIMENTS, load_experiment
+class _Ran(Exception):
+    """Raised by a stand-in for an experiment's run: what the report's section asked it to run."""
 
-    builders = dict(report_sections.SECTIONS)
+
+def test_experiment_sections_run_their_experiment_with_the_tier_seed_and_results_root(monkeypatch, tmp_path):
+    import importlib
+
+    from analysis.experiments import EXPERIMENTS
+
+    builders = dict(report_build.SECTIONS)
     for name in EXPERIMENTS:
-        calls = []
-        monkeypatch.setattr(load_experiment(name), "section",
-                            lambda mode, seed, name=name: calls.append((mode, seed)) or Section(title=name))
-        assert builders[name]("full", 3).title == name and calls == [("full", 3)]
-        assert builders[name].__name__ == f"{name}_section"
+        module = importlib.import_module(f"analysis.report.sections.{name}")
+
+        def fake_run(config, *, results_dir=None, progress=True):
+            raise _Ran(config, results_dir)
+
+        monkeypatch.setattr(module, "run", fake_run)
+        with pytest.raises(_Ran) as ran:
+            builders[name]("quick", 3, tmp_path)
+        config, results_dir = ran.value.args
+        assert config.get("seed", 3) == 3, name
+        assert str(results_dir).startswith(str(tmp_path / name)), name

@@ -14,7 +14,7 @@ from inception_models.small_inception import (
     MIN_INPUT_SIZE,
     PAPER_PARAMS,
     DownsampleModule,
-    InceptionModule,
+    SmallInceptionModule,
     stage_grid_sizes,
 )
 
@@ -43,7 +43,7 @@ def test_parameter_count_matches_the_paper() -> None:
 
 def test_figure_3_layout_and_grids() -> None:
     model = create_model("small_inception").eval()
-    inception = [m for m in model.modules() if isinstance(m, InceptionModule)]
+    inception = [m for m in model.modules() if isinstance(m, SmallInceptionModule)]
     downsample = [m for m in model.modules() if isinstance(m, DownsampleModule)]
     assert [m.out_channels for m in inception] == [64, 80, 160, 160, 160, 144, 336, 336]
     assert [m.out_channels for m in downsample] == [160, 240]
@@ -151,7 +151,8 @@ def test_backward_reaches_every_parameter(norm: str) -> None:
 
 def test_short_training_run_lowers_the_loss(norm: str = "bn", lr: float = 0.01) -> None:
     """100 SGD steps on the synthetic shapes (a quarter-width net, batch 32): the loss falls."""
-    from analysis.data import make_loader, make_synthetic
+    from analysis.data.synthetic import make_synthetic
+    from analysis.training.sampling import make_loader
 
     torch.manual_seed(0)
     data = make_synthetic("train", 1600, 32, seed=1)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,19 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.sweep import point_id, run_sweep
-from analysis.training import (
-    CHECKPOINT_FILE,
-    InceptionLoss,
-    RMSpropTF,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    epoch_order,
-    load_checkpoint,
-    read_metrics,
-    train_from_cli,
-)
+from analysis.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_metrics
+from analysis.training.config import TrainConfig
+from analysis.training.loss import InceptionLoss
+from analysis.training.optim import RMSpropTF
+from analysis.training.sampling import epoch_order
+from analysis.training.sweep import point_id, run_sweep
+from analysis.training.trainer import Trainer, TrainingDiverged
 from inception_models.base import InceptionOutputs
 
 NUM_CLASSES = 4
@@ -328,26 +323,36 @@ def test_torch_compile_matches_eager():
 
 
 # ------------------------------------------------------------------------------ the zoo and the CLI entry
-def test_train_from_cli_trains_a_registry_model_on_synthetic_shapes_and_resumes(tmp_path):
-    options = dict(batch_size=4, n_train=16, n_val=8, log_every=1, device="cpu", progress=False,
-                   model_kwargs={"width_mult": 0.25, "drop_rate": 0.3})  # dropout: the RNG must resume too
+def test_the_train_command_trains_a_registry_model_on_synthetic_shapes_and_resumes(tmp_path, monkeypatch):
+    from analysis.cli import main
+
+    def train(out, *options: str) -> pd.DataFrame:
+        monkeypatch.setattr(sys, "argv", ["inception-lab", "train", "small_inception", "--data", "shapes", "--out",
+                                          str(out), "--batch-size", "4", "--n-train", "16", "--n-val", "8",
+                                          "--device", "cpu", "-k", "width_mult=0.25", "-k", "drop_rate=0.3",
+                                          "--format", "csv", *options])  # dropout: the RNG must resume too
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code in (0, None)
+        return read_metrics(out)
+
     run = tmp_path / "run"
-    first = train_from_cli("small_inception", "shapes", steps=2, out=run, **options)
-    assert first["split"].tolist() == ["train", "train", "val"]
+    first = train(run, "--steps", "2")
+    assert first["split"].tolist() == ["train", "val"]  # the last step is logged whatever the cadence
     config = json.loads((run / "config.json").read_text())
     assert config["model_kwargs"] == {"width_mult": 0.25, "drop_rate": 0.3, "num_classes": 10}  # classes: the data
     assert config["steps_per_epoch"] == 4
-    both = train_from_cli("small_inception", "shapes", steps=6, resume=True, out=run, **options)
-    assert both["step"].tolist() == [1, 2, 2, 3, 4, 5, 6, 6]
-    assert both["loss"].iloc[:3].tolist() == first["loss"].tolist()
+    both = train(run, "--steps", "6", "--resume")
+    assert both["step"].tolist() == [2, 2, 6, 6]
+    assert both["loss"].iloc[:2].tolist() == first["loss"].tolist()
     assert load_checkpoint(run / CHECKPOINT_FILE)["step"] == 6
 
     # The extended run is the uninterrupted 6-step run, across the epoch boundary at step 4 (bit for bit on the
-    # CPU); only the evaluation that ended the first run at step 2 is extra.
-    uninterrupted = train_from_cli("small_inception", "shapes", steps=6, out=tmp_path / "uninterrupted", **options)
+    # CPU): the same logged rows after the first run's, and the same weights and buffers.
+    uninterrupted = train(tmp_path / "uninterrupted", "--steps", "6")
     columns = ["split", "step", "loss", "accuracy", "lr"]
-    resumed = both.drop(index=2)[columns].reset_index(drop=True)
-    pd.testing.assert_frame_equal(resumed, uninterrupted[columns], check_exact=True)
+    resumed = both.iloc[len(first):][columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(resumed, uninterrupted[columns].reset_index(drop=True), check_exact=True)
     final, expected = load_checkpoint(run)["model"], load_checkpoint(tmp_path / "uninterrupted")["model"]
     for name, value in expected.items():
         assert torch.equal(final[name], value), name

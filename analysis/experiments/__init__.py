@@ -5,9 +5,15 @@ Every experiment module ``analysis.experiments.<name>`` offers
 - ``CONFIGS: dict[str, dict]`` with at least ``"quick"`` (2 CPU cores, minutes) and ``"full"`` (a GPU);
 - ``run(config: dict, *, results_dir: str | Path | None = None, progress: bool = True) -> pandas.DataFrame``:
   the tidy results (one row per sweep point and logged step, or per point), resumable through
-  :func:`analysis.sweep.run_sweep` when ``results_dir`` is given (a re-run skips finished points);
-- ``section(mode: str, seed: int) -> analysis.report.Section``: the report's tables, figures and verdict,
-  computed by ``run(CONFIGS[mode] | {"seed": seed}, results_dir=default_results_dir(name, mode, seed))``.
+  :func:`analysis.training.sweep.run_sweep` when ``results_dir`` is given (a re-run skips finished points);
+- the reductions of that frame (``summarise``, ...) and ``verdict``, the answer computed from them.
+
+The report renders each one (:mod:`analysis.report.sections`): it calls ``run(CONFIGS[mode] | {"seed": seed},
+results_dir=default_results_dir(name, mode, seed, results_root))`` and draws tables and figures from the frames.
+
+What they share is in :mod:`~analysis.experiments.runner` (points, workers, resumability, one training run
+per point), :mod:`~analysis.experiments.verdict` (the verdict rules), :mod:`~analysis.experiments.calibration`
+and :mod:`~analysis.experiments.norm_variants` (what the batch-norm experiments vary).
 
 :data:`EXPERIMENTS` lists them by name for the CLI (``inception-lab experiment NAME --config quick``).
 """
@@ -15,7 +21,6 @@ Every experiment module ``analysis.experiments.<name>`` offers
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
@@ -28,14 +33,6 @@ EXPERIMENTS: dict[str, str] = {
     "xception_vs_v3": "Depthwise-separable convolutions and the mid activation (Xception paper)",
     "bn_speedup": "BN-Inception vs GoogLeNet: fewer steps, higher learning rates (BN paper)",
 }
-
-RESULTS_ROOT = Path("runs") / "experiments"
-
-
-def default_results_dir(name: str, mode: str, seed: int) -> Path:
-    """Where an experiment's resumable results live: ``runs/experiments/<name>/<mode>-seed<seed>``."""
-    return RESULTS_ROOT / name / f"{mode}-seed{seed}"
-
 
 def load_experiment(name: str) -> ModuleType:
     """The experiment module ``name``; an unknown name raises a ``ValueError`` listing the known ones."""

@@ -41,13 +41,21 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    INCONCLUSIVE_ONE_SEED,
+    SHOWS,
+    compare,
+    finite_evals,
+    learned_threshold,
+)
+from analysis.training.loss import split_outputs
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "ARMS", "LOWER_LAYERS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS",
            "aux_heads_of", "MainHeadLoss", "GradientReach", "make_points", "run_point", "run",
-           "per_seed", "summarise", "verdict", "section"]
+           "per_seed", "summarise", "verdict"]
 
 NAME = "aux_heads"
 ARMS = ("no_heads", "heads", "heads_bn")
@@ -96,7 +104,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=10,
         eval_every=50,
         early_fraction=0.34,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     "full": dict(
         model="inception_v3",
@@ -122,7 +130,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=50,
         eval_every=250,
         early_fraction=0.34,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -158,8 +166,6 @@ class MainHeadLoss(nn.Module):
         self.last_main = math.nan
 
     def forward(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        from analysis.training import split_outputs
-
         logits, _ = split_outputs(outputs)
         self.last_main = float(nn.functional.cross_entropy(logits.detach().float(), targets))
         return self.criterion(outputs, targets)
@@ -190,7 +196,7 @@ class GradientReach(Callback):
 
 # ------------------------------------------------------------------------------------------------- running
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     if config["model"] not in LOWER_LAYERS:
         raise ValueError(f"model {config['model']!r} has no auxiliary heads here; use one of {sorted(LOWER_LAYERS)}")
     arms = list(config["arms"])
@@ -213,8 +219,6 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
 def build_model(point: dict[str, Any]) -> nn.Module:
     """The point's network: the body with BN, aux heads per the arm, the configured dropout and initialisation
     (the heads are edited before the initialisation, so every arm's layers start the same way)."""
-    from inception_models import create_model
-
     heads = point["arm"] != "no_heads"
     knobs = {"aux_norm": HEAD_NORM[point["arm"]]} if heads else {}
     model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], aux_logits=heads,
@@ -244,7 +248,7 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devi
 
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (arm, seed); return its logged rows and a ``final`` row (:data:`RESULT_COLUMNS`)."""
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = build_model(point)
         reach = GradientReach(model, LOWER_LAYERS[point["model"]], FIRST_LAYER[point["model"]], point["log_every"])
@@ -252,11 +256,11 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
         def wrap_criterion(trainer: Any) -> None:
             trainer.criterion = MainHeadLoss(trainer.criterion)
 
-        outcome = shared.train_point(point, model, callbacks=[reach], setup=wrap_criterion)
+        outcome = train_point(point, model, callbacks=[reach], setup=wrap_criterion)
         final: dict[str, Any] = {"split": "final", "step": outcome.trainer.step}
         if not outcome.diverged:
             # Accuracy on as many training images as the validation set has, in eval mode: the train-val gap.
-            images, labels = shared.tensors("train", int(point["n_train"]), int(point["image_size"]))
+            images, labels = tensors("train", int(point["n_train"]), int(point["image_size"]))
             n = int(point["n_val"])
             final["train_accuracy"] = _accuracy(outcome.trainer.model, images[:n], labels[:n], outcome.trainer.device)
             final["accuracy"] = outcome.trainer.evaluate()["accuracy"]
@@ -272,9 +276,9 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`: one row per point and logged step (train) or evaluation (val), one ``final`` row
     per point (main-head validation and training accuracy in eval mode)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 # ----------------------------------------------------------------------------------------------- analysis
@@ -284,7 +288,7 @@ def per_seed(results: pd.DataFrame, early_fraction: float) -> pd.DataFrame:
     loss, and the mean gradient norms over the logged steps."""
     rows = []
     for (arm, seed), grp in results.groupby(["arm", "seed"], sort=False):
-        val = shared.finite_evals(grp[grp["split"] == "val"]).sort_values("step")
+        val = finite_evals(grp[grp["split"] == "val"]).sort_values("step")
         train = grp[grp["split"] == "train"].sort_values("step")
         final = grp[grp["split"] == "final"]
         total = float(final["step"].iloc[0]) if len(final) else float(grp["step"].max())
@@ -339,27 +343,27 @@ def verdict(seeds: pd.DataFrame, *, n_val: int, underfit_gap: float = 0.05) -> s
     heads = ok[ok["arm"] == heads_arm]
     if none.empty or heads.empty:
         return "inconclusive: the sweep lacks a finished run with and without aux heads"
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     worst = min(none["final_val_accuracy"].mean(), heads["final_val_accuracy"].mean())
     if not worst > threshold:
         return (f"inconclusive: the networks did not learn beyond chance (final validation accuracy "
                 f"{none['final_val_accuracy'].mean():.3f} without, {heads['final_val_accuracy'].mean():.3f} with "
                 f"heads; chance + 3 SE = {threshold:.3f})")
     label = ARM_LABELS[heads_arm]
-    main = shared.compare(heads["final_val_accuracy"], none["final_val_accuracy"])
+    main = compare(heads["final_val_accuracy"], none["final_val_accuracy"])
     parts = [f"{main.word}: " + main.describe(f"final validation accuracy with {label} vs without heads")]
     bn = ok[ok["arm"] == "heads_bn"]
     if heads_arm == "heads" and not bn.empty:
-        with_bn = shared.compare(bn["final_val_accuracy"], heads["final_val_accuracy"])
+        with_bn = compare(bn["final_val_accuracy"], heads["final_val_accuracy"])
         parts.append(f"BN in the heads helps: {with_bn.word}: "
                      + with_bn.describe("final validation accuracy heads with BN vs without"))
-    early = shared.compare(heads["early_val_accuracy"], none["early_val_accuracy"])
-    if early.word == shared.SHOWS:
-        no_speedup = f"{shared.DOES_NOT_SHOW} (heads ahead early beyond the seed spread)"
+    early = compare(heads["early_val_accuracy"], none["early_val_accuracy"])
+    if early.word == SHOWS:
+        no_speedup = f"{DOES_NOT_SHOW} (heads ahead early beyond the seed spread)"
     elif early.seeds < 2:
-        no_speedup = shared.INCONCLUSIVE_ONE_SEED
+        no_speedup = INCONCLUSIVE_ONE_SEED
     else:
-        no_speedup = f"{shared.SHOWS} (heads not ahead early beyond the seed spread)"
+        no_speedup = f"{SHOWS} (heads not ahead early beyond the seed spread)"
     parts.append(f"no early speed-up (v3 paper): {no_speedup}: "
                  + early.describe(f"validation accuracy at step {heads['early_step'].min():.0f}, heads vs none"))
     gap = ok["generalisation_gap"].abs().max()
@@ -372,62 +376,3 @@ def verdict(seeds: pd.DataFrame, *, n_val: int, underfit_gap: float = 0.05) -> s
                  f"{none['grad_norm_lower'].mean():.3g} without (x{ratio:.2f}; first conv x"
                  f"{heads['grad_norm_first'].mean() / none['grad_norm_first'].mean():.2f})")
     return "; ".join(parts)
-
-
-def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(arm=frame["arm"].map(ARM_LABELS))
-
-
-def _curves_figure(results: pd.DataFrame) -> Any:
-    train = results[results["split"] == "train"].assign(series="main-head training loss",
-                                                        value=lambda f: f["main_loss"])
-    val = results[results["split"] == "val"].assign(series="validation accuracy", value=lambda f: f["accuracy"])
-    return shared.band_lines(_labelled(pd.concat([train, val])), x="step", y="value", hue="arm", col="series",
-                             title="With and without auxiliary heads", ylabel="value (mean, min-max over seeds)")
-
-
-def _gradient_figure(results: pd.DataFrame) -> Any:
-    train = results[results["split"] == "train"]
-    long = pd.concat([train.assign(layers="below the first head", value=train["grad_norm_lower"]),
-                      train.assign(layers="first convolution", value=train["grad_norm_first"])])
-    return shared.band_lines(_labelled(long), x="step", y="value", hue="arm", col="layers", logy=True,
-                             title="Gradient norm reaching the lower layers",
-                             ylabel="L2 norm of the gradient (mean, min-max over seeds)")
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: per-arm and per-seed tables, training curves, gradient norms, the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    seeds = per_seed(results, float(config["early_fraction"]))
-    summary = summarise(seeds)
-    answer = verdict(seeds, n_val=int(config["n_val"]))
-    text = (
-        "GoogLeNet (sec. 5) added auxiliary classifiers to strengthen the gradient reaching the lower layers and as "
-        "regularisers; the Inception-v3 paper (sec. 4) found they do not speed up early training but raise the "
-        "final plateau, more so when the side head is batch-normalized. Here: "
-        f"{config['model']} (BN body, width_mult {config['width_mult']}, dropout {config['drop_rate']} before the "
-        f"main classifier, initialisation: {config['init']}) on {config['image_size']} px synthetic "
-        f"shapes, arms {', '.join(ARM_LABELS[a] for a in config['arms'])}, aux loss weight {config['aux_weight']}, "
-        f"{config['steps']} steps of {config['optimizer']} (lr {config['lr']}, batch {config['batch_size']}), "
-        f"{config['seeds']} seeds. The heads' normalisation is set after building (no builder knob for it): "
-        "'no BN' strips BN from the head convs (bias instead), 'with BN' adds BN to the hidden FC too (the v3 "
-        "paper's BN-auxiliary). Accuracy is the main head's, in eval mode (heads are dropped at inference); the "
-        f"'early' column is the first evaluation at or after {config['early_fraction']:g} of the run; the train "
-        f"accuracy is on {config['n_val']} training images in eval mode. At this budget training is early by any "
-        "measure: the v3 paper saw the heads' benefit only near the end of training."
-    )
-    return Section(
-        title="Auxiliary classifiers (GoogLeNet; Inception-v3, sec. 4)",
-        text=text,
-        tables=[Table(NAME, "Auxiliary heads: accuracy, generalisation gap and lower-layer gradient norm per arm",
-                      summary, ["means over seeds; gradient norms are means over the logged steps"]),
-                Table(f"{NAME}_seeds", "Auxiliary heads: per seed", seeds),
-                Table(f"{NAME}_curves", "Auxiliary heads: every logged step", results.drop(columns="point_id"),
-                      inline=False)],
-        figures=[Figure(f"{NAME}_curves", "Main-head training loss and validation accuracy (mean, min-max band "
-                        "over seeds)", lambda: _curves_figure(results)),
-                 Figure(f"{NAME}_gradients", "Gradient norm below the first aux head and at the first conv "
-                        "(log scale)", lambda: _gradient_figure(results))],
-        verdict=answer,
-    )

@@ -13,7 +13,7 @@ convolutions carry a bias) at ``base_lr`` x each of ``multipliers``, several see
 Steps to a target validation accuracy are read off the validation curve; the target is the BN paper's: what the
 network without BN reaches at the base rate (``target_fraction`` x its mean best validation accuracy), but at
 least chance + 3 standard errors, so that a baseline stuck at chance still gives a meaningful target. A run that
-diverges (a NaN/inf loss: :class:`analysis.training.TrainingDiverged`) is recorded as such, not raised, and
+diverges (a NaN/inf loss: :class:`analysis.training.trainer.TrainingDiverged`) is recorded as such, not raised, and
 like a run that never reached the target it counts as the whole budget (a lower bound).
 
 ``run(config) -> DataFrame`` gives one row per point and logged step (``split`` "train"/"val"); :func:`per_seed`
@@ -27,14 +27,23 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.norm_variants import he_init
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    SHOWS,
+    auto_target,
+    censored_steps,
+    compare,
+    finite_evals,
+    learned_threshold,
+    run_outcome,
+)
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run",
-           "resolve_target", "per_seed", "summarise", "verdict", "section"]
+           "resolve_target", "per_seed", "summarise", "verdict"]
 
 NAME = "bn_speedup"
 NORMS = ("bn", "none")
@@ -72,7 +81,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         eval_every=25,
         target=None,
         target_fraction=0.9,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: BN-Inception itself with and without BN (the BN paper's pair: its "Inception" baseline is this
     # network without BN) at half width and 96 px, 3 seeds, 4,000 steps. Not run in this session (no GPU); the
@@ -99,7 +108,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         eval_every=200,
         target=None,
         target_fraction=0.9,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -117,7 +126,7 @@ _POINT_KEYS = ("model", "width_mult", "image_size", "none_init", "n_train", "n_v
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     norms = list(config["norms"])
     if sorted(norms) != sorted(NORMS):
         raise ValueError(f"norms must be both of {list(NORMS)} (the claim compares them), got {norms}")
@@ -144,26 +153,14 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
             for norm in config["norms"] for m in config["multipliers"] for k in range(int(config["seeds"]))]
 
 
-def _he_init(model: nn.Module) -> None:
-    # He et al. 2015 (fan-in, ReLU gain) for every conv, zero biases: keeps activation variance layer to layer
-    # without BN, where the models' Glorot (small_inception) shrinks it.
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (norm, multiplier, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
-    from inception_models import create_model
-
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"], norm=point["norm"])
         if point["norm"] == "none" and point["none_init"] == "he":
-            _he_init(model)
-        outcome = shared.train_point(point, model)
+            he_init(model)  # He et al. 2015: keeps the activation variance without BN, where Glorot shrinks it
+        outcome = train_point(point, model)
     frame = outcome.curve(**{key: point[key] for key in ("norm", "multiplier", "lr", "seed")})
     return frame.reindex(columns=RESULT_COLUMNS)
 
@@ -171,9 +168,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (norm, multiplier, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id``
     + :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
@@ -181,10 +178,10 @@ def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     accuracy of the network without BN at the base rate, at least chance + 3 standard errors."""
     if config["target"] is not None:
         return float(config["target"])
-    base = shared.finite_evals(
+    base = finite_evals(
         results[(results["norm"] == "none") & (results["multiplier"] == 1.0) & (results["split"] == "val")])
     best = base.groupby("seed")["accuracy"].max().tolist() if len(base) else []
-    return shared.auto_target(best, fraction=float(config["target_fraction"]), n_val=int(config["n_val"]))
+    return auto_target(best, fraction=float(config["target_fraction"]), n_val=int(config["n_val"]))
 
 
 def per_seed(results: pd.DataFrame, target: float, budget: int) -> pd.DataFrame:
@@ -194,7 +191,7 @@ def per_seed(results: pd.DataFrame, target: float, budget: int) -> pd.DataFrame:
     for (norm, mult, seed), grp in results.groupby(["norm", "multiplier", "seed"], sort=False):
         rows.append({
             "norm": norm, "multiplier": float(mult), "lr": float(grp["lr"].iloc[0]), "seed": int(seed),
-            "target": target, "budget": int(budget), **shared.run_outcome(grp, target),
+            "target": target, "budget": int(budget), **run_outcome(grp, target),
             "diverged": bool(grp["diverged"].iloc[0]), "diverged_step": grp["diverged_step"].iloc[0],
         })
     return pd.DataFrame(rows, columns=PER_SEED_COLUMNS)
@@ -220,7 +217,7 @@ def summarise(seeds: pd.DataFrame) -> pd.DataFrame:
 
 def _steps(frame: pd.DataFrame, budget: int) -> list[float]:
     # A diverged run never reached the target after its divergence: it counts as the budget, as a slow one.
-    return [shared.censored_steps(s, budget) for s in frame["steps_to_target"]]
+    return [censored_steps(s, budget) for s in frame["steps_to_target"]]
 
 
 def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
@@ -236,7 +233,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
     """
     if seeds.empty:
         raise ValueError("verdict needs at least one per-seed row")
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     target = float(seeds["target"].iloc[0])
     bn, none = seeds[seeds["norm"] == "bn"], seeds[seeds["norm"] == "none"]
     bn1, none1 = bn[bn["multiplier"] == 1.0], none[none["multiplier"] == 1.0]
@@ -253,7 +250,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
                 f"{len(frame)}, best accuracy {frame['best_val_accuracy'].mean():.3f}")
 
     words, parts = [], []
-    first = shared.compare(_steps(bn1, budget), _steps(none1, budget), higher_is_better=False)
+    first = compare(_steps(bn1, budget), _steps(none1, budget), higher_is_better=False)
     words.append(first.word)
     parts.append(f"fewer steps at 1x: {first.word}: " + first.describe("steps to target BN vs no BN", fmt=".0f")
                  + f" (BN {arm_text(bn1)}; no BN {arm_text(none1)})")
@@ -261,16 +258,16 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
         b, n = bn[bn["multiplier"] == mult], none[none["multiplier"] == mult]
         if b.empty or n.empty:
             continue
-        cmp = shared.compare(_steps(b, budget), _steps(n, budget), higher_is_better=False)
+        cmp = compare(_steps(b, budget), _steps(n, budget), higher_is_better=False)
         words.append(cmp.word)
-        vs_base = shared.compare(_steps(b, budget), _steps(bn1, budget), higher_is_better=False)
+        vs_base = compare(_steps(b, budget), _steps(bn1, budget), higher_is_better=False)
         parts.append(f"{mult:g}x usable: {cmp.word}: " + cmp.describe("steps BN vs no BN", fmt=".0f")
                      + f" (BN {arm_text(b)}; no BN {arm_text(n)}); BN {mult:g}x faster than BN 1x: {vs_base.word} "
                      f"({vs_base.mean_a:.0f} vs {vs_base.mean_b:.0f} steps)")
-    if all(w == shared.SHOWS for w in words):
-        head = shared.SHOWS
-    elif shared.DOES_NOT_SHOW in words:
-        head = shared.DOES_NOT_SHOW
+    if all(w == SHOWS for w in words):
+        head = SHOWS
+    elif DOES_NOT_SHOW in words:
+        head = DOES_NOT_SHOW
     else:
         head = next(w for w in words if w.startswith("inconclusive"))
     note = ""
@@ -278,63 +275,3 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
         note = (f"; the network without BN never reached the target at any rate, so the step ratios are lower "
                 f"bounds (budget {budget})")
     return f"{head} (target validation accuracy {target:.3f}; " + "; ".join(parts) + note + ")"
-
-
-def _labelled(results: pd.DataFrame) -> pd.DataFrame:
-    return results.assign(arm=[f"{'BN' if n == 'bn' else 'no BN'} {m:g}x" for n, m in
-                               zip(results["norm"], results["multiplier"])],
-                          rate=[f"{m:g}x (lr {lr:g})" for m, lr in zip(results["multiplier"], results["lr"])])
-
-
-def _accuracy_figure(results: pd.DataFrame, target: float) -> Any:
-    val = _labelled(results[results["split"] == "val"])
-    return shared.band_lines(val, x="step", y="accuracy", hue="norm", col="rate", hlines={"target": target},
-                             sharey=True, title="Validation accuracy",
-                             ylabel="validation accuracy (mean, min-max over seeds)")
-
-
-def _loss_figure(results: pd.DataFrame) -> Any:
-    train = _labelled(results[results["split"] == "train"])
-    return shared.band_lines(train, x="step", y="loss", hue="norm", col="rate",
-                             title="Training loss", sharey=True,
-                             ylabel="training loss (mean, min-max over seeds)", logy=True)
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: steps to the target per (norm, rate), per-seed rows, curves, the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    target = resolve_target(results, config)
-    budget = int(config["steps"])
-    seeds = per_seed(results, target, budget)
-    summary = summarise(seeds)
-    answer = verdict(seeds, budget=budget, n_val=int(config["n_val"]))
-    how_target = (f"fixed at {target:.3f}" if config["target"] is not None else
-                  f"{config['target_fraction']:g} x the mean best validation accuracy of the no-BN network at the "
-                  f"base rate, at least chance + 3 SE: {target:.3f}")
-    text = (
-        "BN paper (sec. 4.2, Fig. 2, Table 2): BN-Inception reached the accuracy of Inception without BN in fewer "
-        "than half the steps at the same rate, and 14x (BN-x5) and 11x (BN-x30) fewer at higher rates, which "
-        f"without BN are not usable. Here: {config['model']} (width_mult {config['width_mult']}) with norm='bn' "
-        f"and norm='none' (the same topology; no-BN init: {config['none_init']}) on {config['image_size']} px "
-        f"synthetic shapes, {config['optimizer']} (momentum {config['momentum']}, {config['schedule']} rate) at "
-        f"{config['base_lr']:g} x {', '.join(f'{m:g}' for m in config['multipliers'])}, {config['seeds']} seeds, "
-        f"{budget} steps each. Target: {how_target}, evaluated every {config['eval_every']} steps on "
-        f"{config['n_val']} images. Divergence (NaN loss) is a result: the run stops and counts as the budget, "
-        "as does a run that never reaches the target (a lower bound on its true number of steps)."
-    )
-    return Section(
-        title="BN-Inception vs Inception without BN: steps and learning rates (BN paper)",
-        text=text,
-        tables=[Table(NAME, "Steps to the target validation accuracy per (norm, rate)", summary,
-                      [f"target {target:.3f}; steps over the seeds that reached it ('reached' of 'seeds'); "
-                       f"budget {budget} steps"]),
-                Table(f"{NAME}_seeds", "BN vs no BN: per seed", seeds),
-                Table(f"{NAME}_curves", "BN vs no BN: every logged step", results.drop(columns="point_id"),
-                      inline=False)],
-        figures=[Figure(f"{NAME}_accuracy", "Validation accuracy against steps per rate (mean, min-max band over "
-                        "seeds; dotted: the target)", lambda: _accuracy_figure(results, target)),
-                 Figure(f"{NAME}_loss", "Training loss against steps per rate (log scale)",
-                        lambda: _loss_figure(results))],
-        verdict=answer,
-    )

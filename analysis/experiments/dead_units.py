@@ -9,11 +9,11 @@ The experiment trains Inception-ResNet (v1 and/or v2 blocks, at reduced depth an
 is widened to ``width`` channels (the model's ``final_width`` knob), with every residual scaled by ``scale``
 (the same factor on all three stages), over a grid of widths x scales x learning rates, plus the control:
 the same widths with the shortcuts removed (``residual=False``, an Inception-v4-like net with the same layers).
-During training :class:`analysis.activations.DeadUnitAlarm` records, every ``monitor_every`` steps, the dead
+During training :class:`analysis.instruments.dead_units.DeadUnitAlarm` records, every ``monitor_every`` steps, the dead
 fraction of the layer before global average pooling over the training forwards of that window (BN in train
 mode; **dead** = never > 0 at any position of any sample of the window). At the end the same layer is also
 measured once on the validation set with BN in eval mode (running statistics). A run whose loss turns NaN/inf
-(:class:`analysis.training.TrainingDiverged`) is a result: it is recorded as diverged, its curve up to there
+(:class:`analysis.training.trainer.TrainingDiverged`) is a result: it is recorded as diverged, its curve up to there
 kept.
 
 ``run(config) -> DataFrame`` gives one row per point and monitored step; :func:`summarise` one row per point;
@@ -30,9 +30,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads
+from analysis.instruments.dead_units import DeadUnitAlarm, find_dead_units
+from analysis.training.config import TrainConfig
+from analysis.training.trainer import Trainer, TrainingDiverged
+from inception_models import create_model
 
 __all__ = [
     "CONFIGS",
@@ -44,7 +46,6 @@ __all__ = [
     "run",
     "summarise",
     "verdict",
-    "section",
 ]
 
 NAME = "dead_units"
@@ -83,7 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=5,
         dormant_threshold=0.1,
         dead_level=0.5,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the issue's whole grid at the paper's depth (5/10/5 blocks), half width, 139 px (3x3 last grid),
     # 10k steps of the paper's RMSProp at its lr 0.045 and above. 2 x 3 x 5 x (4 + 1) = 150 runs, each in its own
@@ -110,7 +111,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         monitor_every=100,
         dormant_threshold=0.1,
         dead_level=0.5,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -133,7 +134,7 @@ _POINT_KEYS = ("model", "variant", "width", "residual", "scale", "lr", "seed", "
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in MODELS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; use {sorted(MODELS)}")
@@ -171,23 +172,19 @@ def _scale_label(residual: bool, scale: float | None) -> str:
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one point and return its curve (one row per monitored step, :data:`CURVE_COLUMNS` +
     :data:`POINT_COLUMNS`). A diverged run keeps its curve up to the last report and sets ``diverged``."""
-    from analysis.activations import DeadUnitAlarm, find_dead_units
-    from analysis.training import TrainConfig, Trainer, TrainingDiverged
-    from inception_models import create_model
-
-    with shared.threads(int(point["threads"])):
-        train = shared.tensors("train", point["n_train"], point["image_size"])
-        val = shared.tensors("val", point["n_val"], point["image_size"])
+    with threads(int(point["threads"])):
+        train = tensors("train", point["n_train"], point["image_size"])
+        val = tensors("val", point["n_val"], point["image_size"])
         torch.manual_seed(point["seed"])  # the trainer reseeds too; this makes the model's init depend on it
         model = create_model(
             point["model"], num_classes=10, block_counts=tuple(point["block_counts"]),
             width_mult=point["width_mult"], final_width=point["width"], residual=point["residual"],
             residual_scale=1.0 if point["scale"] is None else point["scale"], drop_rate=point["drop_rate"])
-        extra = dict(rmsprop_decay=0.9, rmsprop_eps=1.0) if point["optimizer"] == "rmsprop" else {}
+        # RMSProp's decay and epsilon are TrainConfig's defaults, the papers' 0.9 and 1.0.
         config = TrainConfig(model=point["model"], steps=point["steps"], batch_size=point["batch_size"],
                              optimizer=point["optimizer"], lr=point["lr"], momentum=point["momentum"],
                              weight_decay=point["weight_decay"], seed=point["seed"], device=point["device"],
-                             log_every=point["monitor_every"], progress=False, **extra)
+                             log_every=point["monitor_every"], progress=False)
         alarm = DeadUnitAlarm(every=point["monitor_every"], dormant_threshold=point["dormant_threshold"])
         trainer = Trainer(model, config, train, val, callbacks=[alarm])
         start = time.perf_counter()
@@ -228,9 +225,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every point of ``config`` (resumable in ``results_dir``) and return the curves: one row per point and
     monitored step, columns ``point_id`` + :data:`CURVE_COLUMNS` + :data:`POINT_COLUMNS`."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=CURVE_COLUMNS + POINT_COLUMNS, numeric=_NUMERIC_COLUMNS, flags=["diverged"])
 
 
 def summarise(curves: pd.DataFrame, dead_level: float = 0.5) -> pd.DataFrame:
@@ -349,75 +346,3 @@ def verdict(summary: pd.DataFrame, *, wide_above: int = PAPER_WIDTH_LIMIT, small
         parts.append(f"at lr {', '.join(quiet)} nothing wide died, so lowering the rate prevented death here "
                      "(the paper: it did not)")
     return f"{head}: " + "; ".join(parts) + f"; {notes}"
-
-
-def _curve_figure(curves: pd.DataFrame, variant: str) -> Any:
-    from analysis.figures import lines
-
-    part = curves[curves["variant"] == variant].drop(columns="scale").rename(columns={"scale_label": "scale"})
-    # The mean over seeds: one value per step, so seaborn draws no bootstrapped (random) band.
-    part = part.groupby(["width", "scale", "lr", "step"], sort=False, as_index=False)["dead_fraction"].mean()
-    style = "lr" if part["lr"].nunique() > 1 else None
-    return lines(part, x="step", y="dead_fraction", hue="scale", style=style, col="width",
-                 title=f"Pre-pool dead fraction, Inception-ResNet-{variant}",
-                 ylabel="dead fraction (train-mode window)")
-
-
-def _phase_figure(summary: pd.DataFrame, variant: str) -> Any:
-    from analysis.figures import heatmap
-
-    part = summary[summary["variant"] == variant].copy()
-    # A diverged run has no end state: it is left blank (NaN) in the map and named in the table.
-    part["final dead fraction"] = part["final_dead_fraction"].where(~part["diverged"])
-    part["lr / scale"] = [f"lr {lr:g} / {s}" for lr, s in zip(part["lr"], part["scale_label"])]
-    return heatmap(part, index="lr / scale", columns="width", values="final dead fraction",
-                   title=f"Dead at the end, Inception-ResNet-{variant} (blank: diverged)", cmap="rocket_r",
-                   vmin=0.0, vmax=1.0)
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: the per-point table, dead fraction over steps, the phase diagram and the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    curves = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    summary = summarise(curves, config["dead_level"])
-    answer = verdict(summary)
-    best = float(summary["val_accuracy"].max()) if summary["val_accuracy"].notna().any() else math.nan
-    samples = int(curves["window_samples"].dropna().max()) if curves["window_samples"].notna().any() else 0
-    grid = {75: "1x1"}.get(config["image_size"], f"{config['image_size']} px input")
-    text = (
-        "Inception-v4 paper, sec. 3.3: with more than 1000 filters the residual variants 'died' (the last layer "
-        "before average pooling produced only zeros); scaling the residuals by 0.1-0.3 prevented it. Here: "
-        f"Inception-ResNet ({', '.join(config['variants'])} blocks, {tuple(config['block_counts'])} A/B/C blocks, "
-        f"width_mult {config['width_mult']}) with its whole last stage widened to each width, trained "
-        f"{config['steps']} steps ({config['optimizer']}, batch {config['batch_size']}) on the synthetic shapes "
-        f"at {config['image_size']} px (last grid {grid}), every residual scaled by the same factor; the control "
-        f"drops the shortcuts. Dead = never > 0 at any position of any sample in a window of "
-        f"{config['monitor_every']} training steps ({samples} samples, BN in train mode); the eval column uses BN "
-        f"running statistics on {config['n_val']} validation images. A point 'died' when its last window's dead "
-        f"fraction is >= {config['dead_level']}. Diverged runs (NaN loss) are results, blank in the map. "
-        f"Best validation accuracy over the points: {best:.2f} (chance {shared.CHANCE:.2f})."
-    )
-    if not best > 2 * shared.CHANCE:
-        text += (" No point learned the task beyond chance, so this run shows whether the layer dies early under a "
-                 "high learning rate, not whether a net that learns dies later, as the paper's did after tens of "
-                 "thousands of iterations.")
-    figures = []
-    for variant in config["variants"]:
-        figures.append(Figure(f"dead_units_curves_{variant}", f"Dead fraction of the pre-pool layer over training, "
-                              f"Inception-ResNet-{variant} (hue: residual scale; columns: width)",
-                              lambda v=variant: _curve_figure(curves, v)))
-        figures.append(Figure(f"dead_units_phase_{variant}", f"Phase diagram: final dead fraction by width x "
-                              f"(lr, scale), Inception-ResNet-{variant}", lambda v=variant: _phase_figure(summary, v)))
-    notes = [f"dead threshold: never > 0 over a window of {config['monitor_every']} steps x {config['batch_size']} "
-             f"samples (train-mode BN); died = final dead fraction >= {config['dead_level']}; dormant tau "
-             f"{config['dormant_threshold']} is in the CSV of the curves",
-             "eval_dead_fraction: eval-mode BN on the validation set; blank for diverged runs"]
-    return Section(
-        title="Residual scaling and dying wide layers (Inception-v4, sec. 3.3)",
-        text=text,
-        tables=[Table("dead_units", "Dead pre-pool units at the end of training, per point", summary, notes),
-                Table("dead_units_curves", "Dead fraction per monitored step", curves.drop(columns="point_id"),
-                      inline=False)],
-        figures=figures,
-        verdict=answer,
-    )

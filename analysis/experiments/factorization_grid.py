@@ -24,9 +24,18 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.runner import (
+    CHANCE,
+    CPU_QUICK,
+    GPU_FULL,
+    RECIPE_KEYS,
+    check_config,
+    run_points,
+    threads,
+    train_point,
+)
+from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
+from inception_models.small_inception import stage_grid_sizes
 
 __all__ = [
     "CONFIGS",
@@ -37,7 +46,6 @@ __all__ = [
     "run",
     "summarise",
     "verdict",
-    "section",
 ]
 
 NAME = "factorization_grid"
@@ -70,7 +78,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=10,
         log_every=20,
         eval_every=None,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the full-width network (1.65M parameters) on the default 10,000 training images, 5 seeds, 20 epochs.
     # Not run in this session (no GPU); the learning rate is untested at this width.
@@ -93,7 +101,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         warmup_steps=50,
         log_every=20,
         eval_every=156,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -107,8 +115,6 @@ _NUMERIC = ["factorize_stage", "grid", "seed", "params", "step", "loss", "accura
 
 # ======================================================================================= this experiment
 def _grid_of(stage: int | None, image_size: int) -> int | None:
-    from inception_models.small_inception import stage_grid_sizes
-
     return None if stage is None else stage_grid_sizes(image_size)[stage]
 
 
@@ -118,7 +124,7 @@ def _variant(stage: int | None, image_size: int) -> str:
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     stages = list(config["stages"])
     bad = [s for s in stages if s is not None and s not in (0, 1, 2)]
     if bad or not stages:
@@ -135,7 +141,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "experiment": NAME, "model": config["model"], "width_mult": config["width_mult"],
                 "factorize_stage": stage, "image_size": config["image_size"], "seed": int(config["seed"]) + i,
                 "data_seed": int(config["seed"]), "n_train": config["n_train"], "n_val": config["n_val"],
-                "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
+                "threads": config["threads"], **{k: config[k] for k in RECIPE_KEYS},
             })
     return points
 
@@ -143,8 +149,8 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one variant with one seed: :data:`RESULT_COLUMNS` rows (train log, then the final validation)."""
     stage = point["factorize_stage"]
-    with shared.threads(int(point["threads"])):
-        outcome = shared.train_point(point, point["model"], model_kwargs={
+    with threads(int(point["threads"])):
+        outcome = train_point(point, point["model"], model_kwargs={
             "width_mult": point["width_mult"], "factorize_stages": () if stage is None else (int(stage),)})
     grid = _grid_of(stage, int(point["image_size"]))
     frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
@@ -156,16 +162,16 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`, one row per point and logged step plus its final validation row."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC)
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): final validation accuracy over seeds (mean, std, min,
     max), mean validation loss and the mean accuracy minus the unfactorized network's."""
-    final = shared.final_evals(results)
-    stats = shared.seed_stats(final, ["variant"], "accuracy")
+    final = final_evals(results)
+    stats = seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(grid=("grid", "first"), params=("params", "first"),
                                                     val_loss_mean=("loss", "mean")).reset_index()
     table = stats.merge(extra, on="variant")
@@ -180,14 +186,14 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE) -> str:
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE) -> str:
     """The claim at this scale, from the numbers: "shows: ...", "does not show: ..." or "inconclusive: ...".
 
     ``summary`` is :func:`summarise`'s table, ``final`` the final validation rows (``variant``, ``grid``,
     ``accuracy``; one per seed). Medium grid: the factorized grid in 12-20 nearest 16; early: the largest
     factorized grid above 20. Every difference is judged against the seed spread.
     """
-    threshold = shared.learned_threshold(n_val, chance)
+    threshold = learned_threshold(n_val, chance)
     weak = summary.loc[summary["acc_mean"] <= threshold, "factorized_at"].tolist()
     if weak:
         return (f"inconclusive: {', '.join(map(str, weak))} did not learn beyond chance (mean accuracy <= "
@@ -201,9 +207,9 @@ def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: f
     mid_name = mid.loc[(mid["grid"] - 16).abs().idxmin(), "factorized_at"]
     early_name = early.loc[early["grid"].idxmax(), "factorized_at"]
     acc = {name: final.loc[final["variant"] == name, "accuracy"] for name in (BASELINE, mid_name, early_name)}
-    medium_vs_early = shared.compare(acc[mid_name], acc[early_name])
+    medium_vs_early = compare(acc[mid_name], acc[early_name])
     gain, spread = medium_vs_early.effect, medium_vs_early.spread
-    unfactorized_vs_medium = shared.compare(acc[BASELINE], acc[mid_name])
+    unfactorized_vs_medium = compare(acc[BASELINE], acc[mid_name])
     cost, spread_base = unfactorized_vs_medium.effect, unfactorized_vs_medium.spread
     numbers = (f"accuracy factorized at {mid_name} {acc[mid_name].mean():.3f}, at {early_name} "
                f"{acc[early_name].mean():.3f}, unfactorized {acc[BASELINE].mean():.3f}; {mid_name} minus "
@@ -218,92 +224,3 @@ def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: f
     return (f"shows: factorizing at the medium grid beat the early grid and cost no more than the seed spread "
             f"against the unfactorized network ({numbers}; unfactorized minus {mid_name} = {cost:+.3f}, spread "
             f"{spread_base:.3f})")
-
-
-def _accuracy_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    base = summary[summary["factorized_at"] == BASELINE]
-    if len(base):
-        row = base.iloc[0]
-        ax.axhspan(row["acc_min"], row["acc_max"], color="grey", alpha=0.25, label="unfactorized (seed min-max)")
-        ax.axhline(row["acc_mean"], color="grey", lw=1.5, label="unfactorized (mean)")
-    grids = summary.dropna(subset=["grid"]).sort_values("grid")
-    seeds = final.dropna(subset=["grid"])
-    ax.scatter(seeds["grid"], seeds["accuracy"], s=18, color="C0", alpha=0.6, label="one seed")
-    ax.errorbar(grids["grid"], grids["acc_mean"],
-                yerr=[grids["acc_mean"] - grids["acc_min"], grids["acc_max"] - grids["acc_mean"]],
-                fmt="o-", color="C1", capsize=4, label="factorized: mean, seed min-max")
-    ax.axvspan(*PAPER_GRID_RANGE, color="C2", alpha=0.08, label="paper's 12-20 range")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(grids["grid"].tolist(), [f"{int(g)}x{int(g)}" for g in grids["grid"]])
-    ax.set_xlabel("grid size where the 3x3 branches are factorized into 1x3 + 3x1")
-    ax.set_ylabel("final validation accuracy")
-    ax.set_title("small_inception: accuracy vs the factorized grid")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    return fig
-
-
-def _loss_figure(results: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    train = results[results["split"] == "train"]
-    curves = train.groupby(["variant", "step"], sort=False)["loss"].agg(["mean", "min", "max"]).reset_index()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (variant, grp) in enumerate(curves.groupby("variant", sort=False)):
-        label = "unfactorized" if variant == BASELINE else f"factorized at {variant}"
-        ax.plot(grp["step"], grp["mean"], color=f"C{i}", label=label)
-        ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (one batch; mean, seed min-max)")
-    ax.set_title("small_inception: training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: accuracy per factorized grid (table and figure), loss curves and the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    summary = summarise(results)
-    final = shared.final_evals(results)
-    answer = verdict(summary, final, n_val=int(config["n_val"]))
-    from inception_models.small_inception import stage_grid_sizes
-
-    grids = stage_grid_sizes(int(config["image_size"]))
-    text = (
-        "Inception-v3 paper, sec. 3.2: factorizing n x n convolutions into 1 x n then n x 1 'does not work well on "
-        "early layers, but it gives very good results on medium grid-sizes (m x m, m between 12 and 20)'. Here: "
-        f"small_inception (Zhang et al. 2017) at width_mult {config['width_mult']}, {config['image_size']} px input "
-        f"(stage grids {', '.join(f'{g}x{g}' for g in grids)}), with the 3x3 branch of every Inception module of "
-        "one stage replaced by 1x3 then 3x1 (both as wide as the 3x3), or nowhere. Every variant is trained "
-        f"identically: {config['steps']} steps of {config['optimizer'].upper()} (lr {config['lr']:g}, momentum "
-        f"{config['momentum']:g}, {config['schedule']} schedule, {config['warmup_steps']} warm-up steps), batch "
-        f"{config['batch_size']}, {config['n_train']} synthetic training images, seeds "
-        f"{seed}..{seed + int(config['seeds']) - 1}; accuracy is top-1 on {config['n_val']} validation images at "
-        "the end. A difference counts only when larger than the seed spread (max - min) of the groups compared."
-    )
-    notes = ["acc_*: final validation top-1 over seeds (std: sample std); acc_vs_unfactorized: mean minus the "
-             "unfactorized network's mean",
-             "params: factorization changes the count (1x3 + 3x1 at the 3x3's width: 3*c_out*(c_in+c_out) weights "
-             "instead of 9*c_in*c_out)"]
-    per_seed = final.reindex(columns=["variant", "grid", "seed", "params", "loss", "accuracy"]).rename(
-        columns={"variant": "factorized_at", "loss": "val_loss", "accuracy": "val_accuracy"})
-    per_seed = per_seed.astype({"grid": "Int64", "seed": int, "params": int})
-    return Section(
-        title="Asymmetric factorization by grid size, trained (Inception-v3, sec. 3.2)",
-        text=text,
-        tables=[Table("factorization_grid", "Final validation accuracy by factorized grid (seed statistics)",
-                      summary, notes),
-                Table("factorization_grid_seeds", "Final validation accuracy per seed", per_seed.reset_index(drop=True),
-                      inline=False)],
-        figures=[Figure("factorization_grid_accuracy", "Final validation accuracy vs the grid size at which the 3x3 "
-                        "convolutions are factorized (dots: seeds; bars: seed min-max; grey: unfactorized)",
-                        lambda: _accuracy_figure(summary, final)),
-                 Figure("factorization_grid_loss", "Training loss per variant (mean over seeds, band: seed min-max)",
-                        lambda: _loss_figure(results))],
-        verdict=answer,
-    )

@@ -10,7 +10,7 @@ reliability diagram, because the logit-gap argument predicts it.
 
 The experiment trains the same network with and without smoothing (the trainer's ``label_smoothing``), every
 other setting identical, over several seeds, then measures on the validation set (eval mode): top-1 accuracy,
-plain cross-entropy, ECE, the reliability bins, and the logit gaps (:func:`analysis.experiments._shared.logit_gaps`:
+plain cross-entropy, ECE, the reliability bins, and the logit gaps (:func:`analysis.experiments.calibration.logit_gaps`:
 largest logit minus the mean of the others, and minus the second largest; mean top softmax probability).
 
 ``run(config) -> DataFrame`` gives one row per point and logged step (``split`` "train"/"val"), one ``"final"``
@@ -27,12 +27,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import default_results_dir
-from analysis.experiments import _shared as shared
-from analysis.report import Figure, Section, Table
+from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
+from analysis.experiments.verdict import compare, learned_threshold
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run", "summarise",
-           "per_seed", "verdict", "section"]
+           "per_seed", "verdict"]
 
 NAME = "label_smoothing"
 PAPER_EPSILON = 0.1
@@ -62,7 +63,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=100,
         bins=15,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the full-width network (1.65M parameters), 10,000 training images, 20 epochs at batch 128, 5 seeds.
     # Not run in this session (no GPU); the learning rate is untested at this width.
@@ -86,7 +87,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=156,
         bins=15,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -105,7 +106,7 @@ _POINT_KEYS = ("model", "width_mult", "image_size", "n_train", "n_val", "steps",
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     eps = [float(e) for e in config["epsilons"]]
     if 0.0 not in eps or len(eps) < 2:
         raise ValueError(f"epsilons must hold 0.0 (the baseline) and at least one smoothing value, got {eps}")
@@ -123,7 +124,7 @@ def make_points(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def _val_logits(trainer: Any, point: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = shared.tensors("val", int(point["n_val"]), int(point["image_size"]))
+    images, labels = tensors("val", int(point["n_val"]), int(point["image_size"]))
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -137,12 +138,10 @@ def _val_logits(trainer: Any, point: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (epsilon, seed) and return its curve rows, its ``final`` row and its ``reliability`` rows."""
-    from inception_models import create_model
-
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], num_classes=10, width_mult=point["width_mult"])
-        outcome = shared.train_point(point, model)
+        outcome = train_point(point, model)
         rows = outcome.curve()
         final: dict[str, Any] = {"split": "final", "step": outcome.trainer.step, "diverged": outcome.diverged}
         bins = pd.DataFrame()
@@ -151,9 +150,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
             probs = logits.softmax(1)
             final.update(loss=float(torch.nn.functional.cross_entropy(logits, labels)),
                          accuracy=float((logits.argmax(1) == labels).float().mean()),
-                         ece=shared.expected_calibration_error(probs, labels, int(point["bins"])),
-                         **shared.logit_gaps(logits))
-            bins = shared.reliability_bins(probs, labels, int(point["bins"])).assign(split="reliability")
+                         ece=expected_calibration_error(probs, labels, int(point["bins"])),
+                         **logit_gaps(logits))
+            bins = reliability_bins(probs, labels, int(point["bins"])).assign(split="reliability")
         frame = pd.concat([rows, pd.DataFrame([final]), bins], ignore_index=True)
     frame = frame.assign(epsilon=point["label_smoothing"], seed=point["seed"], diverged=outcome.diverged)
     return frame.reindex(columns=RESULT_COLUMNS)
@@ -163,9 +162,9 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     """Train every (epsilon, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`: curve rows (``split`` train/val), one ``final`` row per point, and one
     ``reliability`` row per point and bin (``accuracy`` there is the bin's accuracy)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def per_seed(results: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +195,7 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
     (the paper's claim; the headline word), and, reported after it with their own words, does it shrink the gap
     between the largest logit and the others (the paper's argument) and lower the ECE?
 
-    Networks that did not learn beyond chance (:func:`~analysis.experiments._shared.learned_threshold` on
+    Networks that did not learn beyond chance (:func:`~analysis.experiments.verdict.learned_threshold` on
     ``n_val`` images) make it inconclusive; diverged runs are left out and counted.
     """
     if final.empty:
@@ -206,69 +205,16 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
     if smooth.empty or plain.empty:
         return (f"inconclusive: no finished run with epsilon {epsilon:g} and without smoothing to compare "
                 f"({int(final['diverged'].astype(bool).sum())} diverged)")
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     best = min(smooth["accuracy"].mean(), plain["accuracy"].mean())
     if not best > threshold:
         return (f"inconclusive: the networks did not learn beyond chance (mean validation accuracy "
                 f"{smooth['accuracy'].mean():.3f} with, {plain['accuracy'].mean():.3f} without smoothing; chance "
                 f"+ 3 SE = {threshold:.3f})")
-    acc = shared.compare(smooth["accuracy"], plain["accuracy"], min_effect=min_effect)
-    gap = shared.compare(smooth["gap_to_mean"], plain["gap_to_mean"], higher_is_better=False)
-    ece = shared.compare(smooth["ece"], plain["ece"], higher_is_better=False)
+    acc = compare(smooth["accuracy"], plain["accuracy"], min_effect=min_effect)
+    gap = compare(smooth["gap_to_mean"], plain["gap_to_mean"], higher_is_better=False)
+    ece = compare(smooth["ece"], plain["ece"], higher_is_better=False)
     return (f"{acc.word}: " + acc.describe(f"validation accuracy with eps {epsilon:g} vs without")
             + f"; the paper's argument, the largest logit's lead over the others: {gap.word}: "
             + gap.describe("mean gap to the other logits", fmt=".2f")
             + f"; calibration (not the paper's claim): {ece.word}: " + ece.describe("ECE"))
-
-
-def _curves_figure(results: pd.DataFrame) -> Any:
-    curve = results[results["split"].isin(["train", "val"])].copy()
-    curve["series"] = curve["split"].map({"train": "training loss (smoothed targets)", "val": "validation accuracy"})
-    curve["epsilon"] = curve["epsilon"].map(lambda e: f"{e:g}")
-    loss = curve[curve["split"] == "train"].assign(value=lambda f: f["loss"])
-    acc = curve[curve["split"] == "val"].assign(value=lambda f: f["accuracy"])
-    return shared.band_lines(pd.concat([loss, acc]), x="step", y="value", hue="epsilon", col="series",
-                             title="With and without label smoothing", ylabel="value (mean, min-max over seeds)")
-
-
-def _reliability(results: pd.DataFrame) -> Any:
-    bins = results[results["split"] == "reliability"].copy()
-    bins["epsilon"] = bins["epsilon"].map(lambda e: f"{e:g}")
-    return shared.reliability_figure(bins, hue="epsilon", title="Reliability diagram (validation, pooled seeds)")
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: the per-epsilon table, the per-seed table, curves, the reliability diagram."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    final = per_seed(results)
-    summary = summarise(results)
-    answer = verdict(final, n_val=int(config["n_val"]))
-    text = (
-        "Inception-v3 paper, sec. 7: label smoothing with epsilon 0.1 (uniform prior) improved ImageNet error by "
-        "about 0.2% absolute; its argument is that one-hot targets drive the largest logit far above all others. "
-        f"Here: {config['model']} (width_mult {config['width_mult']}) on the synthetic shapes at "
-        f"{config['image_size']} px, {config['steps']} steps of {config['optimizer']} (lr {config['lr']}, "
-        f"{config['schedule']}, batch {config['batch_size']}) with epsilon "
-        f"{', '.join(f'{e:g}' for e in config['epsilons'])}, "
-        f"{config['seeds']} seeds each, everything else identical. Measured on {config['n_val']} validation images "
-        f"in eval mode: accuracy, plain cross-entropy, ECE ({config['bins']} equal-width confidence bins), the mean "
-        "gap between the largest logit and the mean of the others (and the second largest), the mean top "
-        "probability. The training loss is against the smoothed targets, so it is higher with smoothing by "
-        "construction; compare the validation columns. Calibration is not the paper's claim."
-    )
-    return Section(
-        title="Label smoothing (Inception-v3, sec. 7)",
-        text=text,
-        tables=[Table(NAME, "Label smoothing: validation measures per epsilon (means over seeds)", summary,
-                      [f"accuracy_min/max: the spread over seeds; ECE with {config['bins']} bins; gaps in logit "
-                       "units"]),
-                Table(f"{NAME}_seeds", "Label smoothing: per seed", final),
-                Table(f"{NAME}_curves", "Label smoothing: every logged step and bin",
-                      results.drop(columns="point_id"), inline=False)],
-        figures=[Figure(f"{NAME}_curves", "Training loss and validation accuracy (mean over seeds, min-max band)",
-                        lambda: _curves_figure(results)),
-                 Figure(f"{NAME}_reliability", "Reliability diagram: accuracy against confidence, per epsilon",
-                        lambda: _reliability(results))],
-        verdict=answer,
-    )

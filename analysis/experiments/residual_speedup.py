@@ -33,12 +33,22 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
+from analysis.experiments.verdict import (
+    DOES_NOT_SHOW,
+    SHOWS,
+    auto_target,
+    censored_steps,
+    compare,
+    finite_evals,
+    learned_threshold,
+    run_outcome,
+)
+from analysis.instruments.counting import count_model, create_model_for_counting, totals
+from inception_models import create_model
 
 __all__ = ["CONFIGS", "VARIANTS", "ARMS", "RESULT_COLUMNS", "PER_SEED_COLUMNS", "SUMMARY_COLUMNS", "make_points",
-           "run_point", "run", "resolve_target", "per_seed", "summarise", "verdict", "section"]
+           "run_point", "run", "resolve_target", "per_seed", "summarise", "verdict"]
 
 NAME = "residual_speedup"
 
@@ -84,7 +94,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="cpu_s",
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: both pairs with all three arms at the paper's depth (5/10/5 blocks), half width, 139 px, the
     # paper's RMSProp (decay 0.9, eps 1.0) at lr 0.045, 3 seeds, 5,000 steps. Not run in this session (no GPU).
@@ -112,7 +122,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         target_fraction=0.9,
         count_macs=True,
         time_axis="time",
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -133,7 +143,7 @@ _POINT_KEYS = ("block_counts", "width_mult", "image_size", "drop_rate", "n_train
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     unknown = [v for v in config["variants"] if v not in VARIANTS]
     if unknown or not config["variants"]:
         raise ValueError(f"variants must be a non-empty subset of {sorted(VARIANTS)}, got {list(config['variants'])}")
@@ -175,8 +185,6 @@ def _knobs(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cost(point: dict[str, Any]) -> tuple[int, float]:
-    from analysis.counting import count_model, create_model_for_counting, totals
-
     model = create_model_for_counting(point["model"], **_knobs(point))
     counted = totals(count_model(model, input_size=int(point["image_size"])))
     return counted["params"], counted["macs"] / 1e9
@@ -184,14 +192,12 @@ def _cost(point: dict[str, Any]) -> tuple[int, float]:
 
 def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one (variant, arm, seed); return its logged train and val rows (:data:`RESULT_COLUMNS`)."""
-    from inception_models import create_model
-
-    with shared.threads(int(point["threads"])):
+    with threads(int(point["threads"])):
         torch.manual_seed(point["seed"])
         model = create_model(point["model"], **_knobs(point))
         params = sum(p.numel() for p in model.parameters())
         gmacs = _cost(point)[1] if point["count_macs"] else math.nan
-        outcome = shared.train_point(point, model)
+        outcome = train_point(point, model)
     frame = outcome.curve(params=params, gmacs=gmacs,
                           **{key: point[key] for key in ("variant", "arm", "model", "seed")})
     # A validation row takes the CPU time of the training row logged at the same step.
@@ -204,26 +210,26 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, arm, seed) of ``config`` (resumable in ``results_dir``) and return ``point_id`` +
     :data:`RESULT_COLUMNS`, one row per point and logged step (train) or evaluation (val)."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["diverged"])
 
 
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     """The target validation accuracy: ``config["target"]`` when given; otherwise ``target_fraction`` x the mean
     best validation accuracy of the weakest arm (the lowest such mean), but at least chance + 3 standard errors
-    (:func:`analysis.experiments._shared.auto_target`): every arm gets about there, so the question is who gets
+    (:func:`analysis.experiments.verdict.auto_target`): every arm gets about there, so the question is who gets
     there first, the BN paper's way of asking."""
     if config["target"] is not None:
         return float(config["target"])
-    val = shared.finite_evals(results[results["split"] == "val"])
+    val = finite_evals(results[results["split"] == "val"])
     if val.empty:
-        return shared.learned_threshold(int(config["n_val"]))
+        return learned_threshold(int(config["n_val"]))
     best = val.groupby(["variant", "arm", "seed"], sort=False)["accuracy"].max().reset_index()
     weakest = best.groupby(["variant", "arm"], sort=False)["accuracy"].mean().idxmin()
     reference = best.set_index(["variant", "arm"]).loc[[weakest], "accuracy"]
-    return shared.auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
-                              n_val=int(config["n_val"]))
+    return auto_target(reference.tolist(), fraction=float(config["target_fraction"]),
+                       n_val=int(config["n_val"]))
 
 
 def per_seed(results: pd.DataFrame, target: float, budget: int, time_axis: str = "cpu_s") -> pd.DataFrame:
@@ -232,9 +238,9 @@ def per_seed(results: pd.DataFrame, target: float, budget: int, time_axis: str =
     validation accuracy, last training loss, time per step, divergence."""
     rows = []
     for (variant, arm, seed), grp in results.groupby(["variant", "arm", "seed"], sort=False):
-        outcome = shared.run_outcome(grp, target)
+        outcome = run_outcome(grp, target)
         steps = outcome["steps_to_target"]
-        val = shared.finite_evals(grp[grp["split"] == "val"])
+        val = finite_evals(grp[grp["split"] == "val"])
         time_at = val.loc[val["step"] == steps, time_axis] if not math.isnan(steps) else pd.Series(dtype=float)
         last = grp[grp["split"] == "train"].sort_values("step").dropna(subset=[time_axis]).tail(1)
         rows.append({
@@ -276,7 +282,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
     counts as ``budget`` steps. Residual nets that did not learn beyond chance make it inconclusive."""
     if seeds.empty:
         raise ValueError("verdict needs at least one per-seed row")
-    threshold = shared.learned_threshold(n_val)
+    threshold = learned_threshold(n_val)
     parts, words = [], []
     for variant, grp in seeds.groupby("variant", sort=False):
         res = grp[grp["arm"] == "residual"]
@@ -296,10 +302,10 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             continue
         for i, other in enumerate(others):
             arm = grp[grp["arm"] == other]
-            cmp = shared.compare([shared.censored_steps(s, budget) for s in res["steps_to_target"]],
-                                 [shared.censored_steps(s, budget) for s in arm["steps_to_target"]],
-                                 higher_is_better=False)
-            final = shared.compare(res["final_val_accuracy"], arm["final_val_accuracy"])
+            cmp = compare([censored_steps(s, budget) for s in res["steps_to_target"]],
+                          [censored_steps(s, budget) for s in arm["steps_to_target"]],
+                          higher_is_better=False)
+            final = compare(res["final_val_accuracy"], arm["final_val_accuracy"])
             reached = f"reached {int(res['reached'].sum())}/{len(res)} vs {int(arm['reached'].sum())}/{len(arm)}"
             parts.append(f"{variant} vs {ARM_LABELS[other]}: {cmp.word}: "
                          + cmp.describe("steps to target", fmt=".0f") + f", {reached}; higher accuracy at the end of "
@@ -307,86 +313,7 @@ def verdict(seeds: pd.DataFrame, *, budget: int, n_val: int) -> str:
             if i == 0:
                 words.append(cmp.word)
     head = words[0] if len(set(words)) == 1 else (
-        shared.SHOWS if all(w == shared.SHOWS for w in words) else
-        next((w for w in words if w.startswith("inconclusive")), shared.DOES_NOT_SHOW))
+        SHOWS if all(w == SHOWS for w in words) else
+        next((w for w in words if w.startswith("inconclusive")), DOES_NOT_SHOW))
     target = float(seeds["target"].iloc[0])
     return f"{head} (target validation accuracy {target:.3f}; " + "; ".join(parts) + ")"
-
-
-def _label(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(arm=frame["arm"].map(ARM_LABELS), variant=frame["variant"].map(lambda v: f"{v} blocks"))
-
-
-def _accuracy_by_step(results: pd.DataFrame, target: float) -> Any:
-    val = _label(results[results["split"] == "val"])
-    return shared.band_lines(val, x="step", y="accuracy", hue="arm", col="variant", hlines={"target": target},
-                             sharey=True, title="Validation accuracy",
-                             ylabel="validation accuracy (mean, min-max over seeds)")
-
-
-def _loss_by_step(results: pd.DataFrame) -> Any:
-    train = _label(results[results["split"] == "train"])
-    return shared.band_lines(train, x="step", y="loss", hue="arm", col="variant",
-                             title="Training loss", sharey=True,
-                             ylabel="training loss (mean, min-max over seeds)")
-
-
-def _by_time(results: pd.DataFrame, time_axis: str) -> Any:
-    rows = _label(results[results["split"].isin(["train", "val"])])
-    rows = rows.assign(series=rows["split"].map({"train": "training loss", "val": "validation accuracy"}),
-                       value=rows["loss"].where(rows["split"] == "train", rows["accuracy"]),
-                       arm=rows["arm"] + " (" + rows["variant"] + ")")
-    label = TIME_AXES[time_axis]
-    return shared.band_lines(rows, x=time_axis, y="value", hue="arm", col="series", per_seed=True,
-                             title=f"Against {label.split(' (')[0]}", xlabel=label, ylabel="value (one line per seed)")
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: per-arm and per-seed tables, curves against steps and CPU time, the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    target = resolve_target(results, config)
-    seeds = per_seed(results, target, int(config["steps"]), config["time_axis"])
-    summary = summarise(seeds)
-    answer = verdict(seeds, budget=int(config["steps"]), n_val=int(config["n_val"]))
-    how_target = (f"fixed at {target:.3f}" if config["target"] is not None else
-                  f"{config['target_fraction']:g} x the weakest arm's mean best validation accuracy, at least chance "
-                  f"+ 3 SE: {target:.3f}")
-    text = (
-        "Inception-v4 paper: residual connections accelerate the training of Inception networks significantly "
-        "(Inception-ResNet-v1 vs Inception-v3, Inception-ResNet-v2 vs Inception-v4, Figs. 21-26), at about the "
-        f"same final accuracy. Here: {', '.join(config['variants'])} blocks, Inception-ResNet at "
-        f"{tuple(config['block_counts'])} A/B/C blocks, width_mult {config['width_mult']}, {config['image_size']} px "
-        f"synthetic shapes, arms {', '.join(ARM_LABELS[a] for a in config['arms'])}; identical budgets: "
-        f"{config['steps']} steps of {config['optimizer']} (lr {config['lr']}, {config['schedule']}, batch "
-        f"{config['batch_size']}, dropout {config['drop_rate']}), {config['seeds']} seeds. 'Same, no shortcut' is "
-        "the same network with residual=False: identical layers, parameters and MACs. Target validation accuracy: "
-        f"{how_target}; evaluated every {config['eval_every']} steps on {config['n_val']} images. A run that "
-        "never reaches it counts as the whole budget (a lower bound). Time: the CPU seconds of each run's "
-        "one-thread process in CPU runs (wall time on a shared machine measures the load; it is in the CSV as "
-        "'time'), the trainer's wall clock in GPU runs."
-    )
-    if set(config["variants"]) != set(VARIANTS) or "inception" not in config["arms"]:
-        text += (" Not run in this mode: " + ", ".join(
-            [f"{v} blocks" for v in VARIANTS if v not in config["variants"]]
-            + (["the paper's Inception-v3/v4 counterparts (their builders have no depth knob, so they cost several "
-                "times more per step at this width)"] if "inception" not in config["arms"] else [])) + ".")
-    return Section(
-        title="Residual connections and training speed (Inception-v4 paper)",
-        text=text,
-        tables=[Table(NAME, "Residual vs non-residual: steps to the target and final accuracy per arm", summary,
-                      [f"target validation accuracy {target:.3f}; steps_to_target over the seeds that reached it "
-                       "('reached' of 'seeds'); time_to_target in " + TIME_AXES[config["time_axis"]]
-                       + "; gmacs counted by fvcore at the training input"]),
-                Table(f"{NAME}_seeds", "Residual vs non-residual: per seed", seeds),
-                Table(f"{NAME}_curves", "Residual vs non-residual: every logged step",
-                      results.drop(columns="point_id"), inline=False)],
-        figures=[Figure(f"{NAME}_accuracy", "Validation accuracy against steps (mean, min-max band over seeds; dotted: "
-                        "the target)", lambda: _accuracy_by_step(results, target)),
-                 Figure(f"{NAME}_loss", "Training loss against steps (mean, min-max band over seeds)",
-                        lambda: _loss_by_step(results)),
-                 Figure(f"{NAME}_time", f"Training loss and validation accuracy against "
-                        f"{TIME_AXES[config['time_axis']]}, one line per seed",
-                        lambda: _by_time(results, config["time_axis"]))],
-        verdict=answer,
-    )

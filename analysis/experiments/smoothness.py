@@ -6,21 +6,21 @@ the gradient changes less (*gradient predictiveness*, ``||g - grad L(w - eta g)|
 beta-smoothness (``max_eta ||g - grad L(w - eta g)|| / ||eta g||``) is lower, at every step of training.
 
 The experiment trains the same network (:func:`inception_models.small_inception` at ``width_mult``) with
-``norm="bn"``, ``norm="none"`` and optionally Santurkar's "noisy BN" (:class:`BatchNormNoise`), identically: plain
-SGD at one fixed learning rate, same data order, same batch. Every ``probe_every`` steps
-:class:`analysis.landscape.LandscapeProbe` runs the line search on the step's own minibatch at step sizes
-``[1/2, 4] x lr`` (BN in train mode, the trainer's gradient reused) and, every ``eigen_every`` steps, the top
-Hessian eigenvalue by power iteration.
+``norm="bn"``, ``norm="none"`` and optionally Santurkar's "noisy BN"
+(:class:`~analysis.experiments.norm_variants.BatchNormNoise`), identically: plain SGD at one fixed learning rate,
+same data order, same batch. Every ``probe_every`` steps :class:`analysis.instruments.line_search.LandscapeProbe`
+runs the line search on the step's own minibatch at step sizes ``[1/2, 4] x lr`` (BN in train mode, the
+trainer's gradient reused) and, every ``eigen_every`` steps, the top Hessian eigenvalue by power iteration.
 
 A network stuck at chance has a flat landscape for the wrong reason, so the experiment first makes sure both
 variants learn:
 
 * **Initialisation of the no-BN net** (``none_init``): the model's own no-BN init is Glorot uniform (the
   paper's choice); at this scale it stayed at chance, as did He (Kaiming) init (the sweep re-checks both,
-  ``init_check`` at ``init_check_lrs``, rows with ``compared=False``). ``"data"`` is a
-  data-dependent init (:func:`data_dependent_init`, after Kraehenbuehl et al., ICLR 2016, and LSUV, Mishkin &
-  Matas, ICLR 2016): every conv's output channels are normalised to zero mean and unit variance on one batch of
-  training images, so the no-BN net starts where the BN net starts and differs from it only during training.
+  ``init_check`` at ``init_check_lrs``, rows with ``compared=False``). ``"data"`` is a data-dependent init
+  (:func:`~analysis.experiments.norm_variants.data_dependent_init`, after Kraehenbuehl et al., ICLR 2016, and
+  LSUV, Mishkin & Matas, ICLR 2016): every conv's output channels are normalised to zero mean and unit variance
+  on one batch of training images, so the no-BN net starts where the BN net starts and differs from it only during training.
 * **Learning rate**: a short sweep (``lrs`` x variants, ``sweep_steps`` steps, no probes) picks the rate at
   which the worse of the two variants lowers its loss most below chance (``ln 10``), unless ``lr`` is given.
 * **Learned**: a run learned when its mean training loss over the last quarter of its steps is at least
@@ -52,9 +52,12 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.norm_variants import BatchNormNoise, data_dependent_init, he_init
+from analysis.experiments.runner import CLASSES, CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads
+from analysis.instruments.line_search import LandscapeProbe
+from analysis.training.config import TrainConfig
+from analysis.training.trainer import Trainer, TrainingDiverged
+from inception_models import create_model, model_info
 
 __all__ = [
     "CONFIGS",
@@ -62,9 +65,6 @@ __all__ = [
     "RUN_COLUMNS",
     "RAW_MEASURES",
     "SCALE_FREE_MEASURES",
-    "BatchNormNoise",
-    "data_dependent_init",
-    "he_init",
     "sweep_points",
     "probe_points",
     "run_point",
@@ -76,11 +76,10 @@ __all__ = [
     "matched",
     "comparison",
     "verdict",
-    "section",
 ]
 
 NAME = "smoothness"
-CHANCE_LOSS = math.log(shared.CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
+CHANCE_LOSS = math.log(CLASSES)  # cross-entropy of the uniform prediction on ten balanced classes
 
 # variant -> (norm knob, noise after BN)
 VARIANTS: dict[str, tuple[str, bool]] = {"bn": ("bn", False), "none": ("none", False), "noisy_bn": ("bn", True)}
@@ -125,7 +124,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=1,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: half width, the paper's batch 128 and its 8 step sizes, three variants (noisy BN included), three
     # seeds, 3,000 steps on 10,000 images. Not run in this session (no GPU).
@@ -158,7 +157,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         margin=0.1,
         seed=0,
         seeds=3,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -179,133 +178,9 @@ MATCHED_COLUMNS = ["seed", "variant", "loss_low", "loss_high", "probes", *PROBE_
 COMPARISON_COLUMNS = ["measure", "kind", "ratio", "ratios", "call"]
 
 
-# ------------------------------------------------------------------------------------------- initialisation
-def he_init(model: nn.Module) -> nn.Module:
-    """He (Kaiming) normal init for every conv (fan-in, ReLU gain) and zero conv biases; the classifier is kept.
-
-    He, Zhang, Ren, Sun, "Delving Deep into Rectifiers", ICCV 2015: keeps the activation variance from layer to
-    layer under ReLU, where Glorot's shrinks it (by about 0.8 per layer in the no-BN small Inception).
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return model
-
-
-@torch.no_grad()
-def data_dependent_init(model: nn.Module, images: torch.Tensor, eps: float = 1e-5) -> nn.Module:
-    """Rescale every conv so that its output channels have zero mean and unit variance on ``images``.
-
-    A data-dependent initialisation in the manner of Kraehenbuehl, Doersch, Donahue, Darrell ("Data-dependent
-    Initializations of Convolutional Neural Networks", ICLR 2016) and LSUV (Mishkin & Matas, ICLR 2016): in one
-    forward pass, in network order, each conv's weight is divided by its per-channel standard deviation and its
-    bias set so the mean is zero, and the normalised output goes on to the next layer. A no-BN net thus starts
-    with the activation statistics a BN net has at its first step. Convs without a bias are only rescaled. The
-    model's train/eval mode is restored; nothing else (no BN buffer) is touched.
-    """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 2:
-        raise ValueError("images must be a batch (N >= 2, C, H, W) of training images, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
-
-    def normalise(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        mean = output.mean((0, 2, 3))
-        std = output.std((0, 2, 3)) + eps
-        module.weight.div_(std.view(-1, 1, 1, 1))
-        if module.bias is not None:
-            module.bias.sub_(mean).div_(std)
-            return (output - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        return output / std.view(1, -1, 1, 1)
-
-    was_training = model.training
-    hooks = [m.register_forward_hook(normalise) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        model.train()
-        model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return model
-
-
-# ------------------------------------------------------------------------------------------------ noisy BN
-def _mix(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-class BatchNormNoise(Callback):
-    """Santurkar et al.'s "noisy BatchNorm" (sec. 2.1, Fig. 2): noise after every BN layer, redrawn every step.
-
-    The paper perturbs "each activation for each sample in the batch using i.i.d. noise sampled from a non-zero
-    mean and non-unit variance distribution", a distribution that changes at each step; it gives no formula, so
-    this is our reading. At training step ``t``, for BN layer ``l`` and channel ``c``: a shift
-    ``m ~ U(-noise_mean, noise_mean)`` and a scale ``s ~ U(1, noise_scale)``; then for sample ``i``::
-
-        y[i, c] = (s + jitter * a[i, c]) * x[i, c] + (m + jitter * b[i, c]),   a, b ~ N(0, 1)
-
-    All draws come from a private generator seeded by ``(seed, t, l)``, so within one step every forward
-    (the trainer's and the landscape probe's) sees the same noise and the loss stays one function of the
-    weights, and a rerun sees the same noise. Only modules in training mode are perturbed (not evaluation).
-    """
-
-    def __init__(self, noise_mean: float = 0.5, noise_scale: float = 1.5, jitter: float = 0.1, seed: int = 0) -> None:
-        if noise_mean < 0 or noise_scale < 1 or jitter < 0:
-            raise ValueError(f"need noise_mean >= 0, noise_scale >= 1, jitter >= 0; got {noise_mean}, "
-                             f"{noise_scale}, {jitter}")
-        self.noise_mean, self.noise_scale, self.jitter, self.seed = noise_mean, noise_scale, jitter, seed
-        self.step = 0
-        self._hooks: list[Any] = []
-
-    def attach(self, model: nn.Module) -> "BatchNormNoise":
-        """Hook every BN layer of ``model`` (idempotent); :meth:`detach` removes the hooks."""
-        self.detach()
-        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not layers:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm layer to add noise to; use norm='bn'")
-        for index, layer in enumerate(layers):
-            self._hooks.append(layer.register_forward_hook(self._hook(index)))
-        return self
-
-    def detach(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-
-    def _hook(self, index: int):
-        def perturb(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-            if not module.training:
-                return output
-            n, c = output.shape[:2]
-            g = torch.Generator().manual_seed(_mix(self.seed, self.step, index))
-            shift = (torch.rand(c, generator=g) * 2 - 1) * self.noise_mean
-            scale = 1 + torch.rand(c, generator=g) * (self.noise_scale - 1)
-            a = torch.randn(n, c, generator=g) * self.jitter + scale
-            b = torch.randn(n, c, generator=g) * self.jitter + shift
-            view = (n, c) + (1,) * (output.dim() - 2)
-            a = a.to(output.device, output.dtype).view(view)
-            b = b.to(output.device, output.dtype).view(view)
-            return output * a + b
-
-        return perturb
-
-    def on_train_start(self, trainer: Any) -> None:
-        self.attach(trainer.model)
-        self.step = int(trainer.step)
-
-    def on_step_end(self, trainer: Any, batch: Any, loss: torch.Tensor) -> None:
-        self.step = int(trainer.step)
-
-    def on_train_end(self, trainer: Any) -> None:
-        self.detach()
-
-
 # -------------------------------------------------------------------------------------------------- points
 def _check_config(config: dict[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
-    from inception_models import model_info
-
+    check_config(NAME, config, CONFIGS["quick"])
     info = model_info(config["model"])  # an unknown model lists the known ones
     if not {"norm", "width_mult"} <= set(info.knobs):
         raise ValueError(f"{config['model']} has no norm/width_mult knobs, which the BN on/off comparison needs")
@@ -367,10 +242,8 @@ def probe_points(config: dict[str, Any], lr: float) -> list[dict[str, Any]]:
 
 
 def _build_model(point: dict[str, Any], train_images: torch.Tensor) -> nn.Module:
-    from inception_models import create_model
-
     torch.manual_seed(point["seed"])
-    model = create_model(point["model"], num_classes=shared.CLASSES, norm=point["norm"],
+    model = create_model(point["model"], num_classes=CLASSES, norm=point["norm"],
                          width_mult=point["width_mult"])
     if point["init"] == "he":
         he_init(model)
@@ -385,12 +258,9 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one run and return its rows (:data:`RUN_COLUMNS`): one ``train`` row per step (the trainer's
     convention: ``step`` = updates done, ``loss`` = that step's minibatch loss before its update), ``val`` rows,
     and ``probe`` rows (``step`` = updates already applied to the probed weights)."""
-    from analysis.landscape import LandscapeProbe
-    from analysis.training import TrainConfig, Trainer, TrainingDiverged
-
-    with shared.threads(int(point["threads"])):
-        train = shared.tensors("train", point["n_train"], point["image_size"])
-        val = shared.tensors("val", point["n_val"], point["image_size"])
+    with threads(int(point["threads"])):
+        train = tensors("train", point["n_train"], point["image_size"])
+        val = tensors("val", point["n_val"], point["image_size"])
         model = _build_model(point, train[0])
         callbacks: list[Callback] = []
         probe = None
@@ -450,7 +320,7 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
     with contextlib.ExitStack() as stack:
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="smoothness-"))
-        collect = partial(shared.run_points, run_point=run_point, results_dir=results_dir,
+        collect = partial(run_points, run_point=run_point, results_dir=results_dir,
                           workers=int(config["workers"]), isolate=bool(config["isolate"]), progress=progress,
                           desc=NAME, columns=RUN_COLUMNS, numeric=_NUMERIC)
         points = sweep_points(config)
@@ -631,34 +501,7 @@ def verdict(summary: pd.DataFrame, matched_table: pd.DataFrame | None = None, *,
     return f"inconclusive: the measures disagree, BN smoother on {smoother} of {len(calls)} ({detail})"
 
 
-# ------------------------------------------------------------------------------------------------ figures
-def _band_frame(probes: pd.DataFrame, low: str, high: str) -> pd.DataFrame:
-    """Per variant and step, the band over step sizes (and seeds): min of ``low``, max of ``high``."""
-    return (probes.groupby(["variant", "step"], sort=False)
-            .agg(low=(low, "min"), high=(high, "max")).reset_index().sort_values(["variant", "step"]))
-
-
-def _training_figure(frame: pd.DataFrame, window: int) -> Any:
-    from analysis.figures import lines
-
-    probed = frame[frame["phase"] == "probe"]
-    parts = []
-    for variant, grp in probed.groupby("variant", sort=False):
-        train = grp[grp["record"] == "train"].groupby("step")[["loss", "accuracy"]].mean()
-        smooth = train.rolling(window, min_periods=1).mean()
-        val = grp[grp["record"] == "val"].groupby("step")["accuracy"].mean()
-        parts += [pd.DataFrame({"step": smooth.index, "value": smooth["loss"], "metric": "train loss",
-                                "variant": variant}),
-                  pd.DataFrame({"step": smooth.index, "value": smooth["accuracy"], "metric": "train accuracy",
-                                "variant": variant}),
-                  pd.DataFrame({"step": val.index, "value": val.values, "metric": "val accuracy",
-                                "variant": variant})]
-    data = pd.concat(parts, ignore_index=True)
-    return lines(data, x="step", y="value", hue="variant", col="metric",
-                 title=f"Training (mean of {window} steps)", ylabel="")
-
-
-def _probe_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def probe_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["phase"] == "probe") & (frame["record"] == "probe")]
 
 
@@ -669,114 +512,5 @@ PROBE_TABLE_COLUMNS = ["variant", "seed", "step", "loss", "loss_min", "loss_max"
 def probe_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per variant, seed and probed step of the compared runs (:data:`PROBE_TABLE_COLUMNS`): what
     ``inception-lab smoothness`` prints."""
-    probes = _probe_rows(frame)
+    probes = probe_rows(frame)
     return probes[PROBE_TABLE_COLUMNS].sort_values(["variant", "seed", "step"]).reset_index(drop=True)
-
-
-def _band_figure(frame: pd.DataFrame, low: str, high: str, title: str, ylabel: str) -> Any:
-    from analysis.figures import lines
-
-    return lines(_band_frame(_probe_rows(frame), low, high), x="step", y="low", hue="variant",
-                 band=("low", "high"), logy=True, title=title, xlabel="step (updates before the probe)",
-                 ylabel=ylabel)
-
-
-def _measure_figure(frame: pd.DataFrame, measures: Sequence[str], x: str, title: str, logy: bool = True) -> Any:
-    from analysis.figures import lines
-
-    probes = _probe_rows(frame)
-    long = probes.melt(id_vars=["variant", "seed", x], value_vars=list(measures), var_name="measure")
-    long = long.dropna(subset=["value", x])
-    long = long.groupby(["measure", "variant", x], sort=False, as_index=False)["value"].mean()
-    return lines(long, x=x, y="value", hue="variant", col="measure" if len(measures) > 1 else None, logy=logy,
-                 title=title, ylabel=measures[0] if len(measures) == 1 else "")
-
-
-# ------------------------------------------------------------------------------------------------ section
-def _init_check_text(sweep: pd.DataFrame | None) -> str:
-    """One sentence per checked no-BN initialisation: its best gain over chance in the sweep."""
-    if sweep is None or sweep["compared"].all():
-        return ""
-    parts = []
-    for init, grp in sweep[~sweep["compared"]].groupby("init", sort=False):
-        best = grp.loc[grp["gain"].idxmax()]
-        parts.append(f"'{init}' init {'learned' if grp['learned'].any() else 'did not learn'} in "
-                     f"{int(best['steps'])} steps (best gain {best['gain']:.2f} nats at lr {best['lr']:g})")
-    return "Checked in the sweep: the no-BN net with " + "; ".join(parts) + ". "
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: the lr sweep, the per-variant summary, the matched-loss and scale-free comparison,
-    Santurkar Fig. 4-style figures, the top-eigenvalue trace and the verdict."""
-    config = {**CONFIGS[mode], "seed": seed}
-    frame = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    summary = summarise(frame, config["min_gain"])
-    match = matched(frame)
-    compared = comparison(summary, match, config["margin"])
-    answer = verdict(summary, match, margin=config["margin"])
-    tables = []
-    sweep = sweep_table(frame, config["min_gain"]) if (frame["phase"] == "sweep").any() else None
-    if sweep is not None:
-        tables.append(Table("smoothness_lr_sweep", "lr sweep: does each variant learn?", sweep,
-                            notes=[f"{config['sweep_steps']} plain-SGD steps per cell, batch {config['batch_size']}; "
-                                   f"loss_start: mean over the first tenth, loss_end: over the last quarter; "
-                                   f"gain = ln 10 - loss_end; learned: gain >= {config['min_gain']}; chosen: the "
-                                   "lr whose worse variant gains most; compared=False: the no-BN net with another "
-                                   "initialisation, a check, not used to choose"]))
-    lr = float(summary["lr"].iloc[0])
-    tables += [
-        Table("smoothness_summary", "Landscape measures per variant (median over the run's probes)", summary,
-              notes=[f"lr {lr:g}, {config['steps']} steps, probes every {config['probe_every']} steps at "
-                     f"{config['num_points']} step sizes in [0.5, 4] x lr on the step's own minibatch (BN in train "
-                     "mode); loss_range = max - min of L(w - eta g) over the step sizes; grad_pred_max = max "
-                     "||g - grad L(w - eta g)||; beta_eff = max of that / ||eta g||; *_rel: divided by L and ||g||; "
-                     "hessian_top: power iteration, median over its probes"]),
-        Table("smoothness_matched", "Measures at matched training loss", match,
-              notes=["per seed, probes whose training loss (mean of the steps around the probe) lies in the "
-                     "interval both variants visited; medians"]),
-        Table("smoothness_comparison", "BN vs no BN: ratio of medians (no-BN / BN; > 1: BN smoother)", compared,
-              notes=[f"call: every seed's ratio beyond 1 +- {config['margin']:g} in the same direction"]),
-        Table("smoothness_probes", "Every probe", _probe_rows(frame).dropna(axis=1, how="all"), inline=False),
-    ]
-    if "noisy_bn" in set(summary["variant"]):
-        tables.insert(-1, Table("smoothness_noisy_bn", "Noisy BN vs no BN: ratio of medians (no-BN / noisy BN)",
-                                comparison(summary, None, config["margin"], treated="noisy_bn"),
-                                notes=["noisy BN: per-step random shift and scale after every BN layer (see "
-                                       "BatchNormNoise); the paper found it as smooth as plain BN"]))
-    window = config["probe_every"]
-    figures = [
-        Figure("smoothness_training", "Training loss, training accuracy and validation accuracy per variant",
-               lambda: _training_figure(frame, window)),
-        Figure("smoothness_loss_landscape", "Loss landscape (Santurkar Fig. 4a): range of L(w - eta g) over "
-               "eta in [0.5, 4] x lr at each probed step (log scale)",
-               lambda: _band_figure(frame, "loss_min", "loss_max", "Loss along the gradient", "loss")),
-        Figure("smoothness_grad_predictiveness", "Gradient predictiveness (Fig. 4b): range of "
-               "||g - grad L(w - eta g)|| over eta (log scale)",
-               lambda: _band_figure(frame, "grad_pred_min", "grad_pred_max", "Gradient predictiveness",
-                                    "l2 change of the gradient")),
-        Figure("smoothness_beta", "Effective beta-smoothness (Fig. 4c) per probed step (log scale)",
-               lambda: _measure_figure(frame, ["beta_eff"], "step", "Effective beta-smoothness")),
-        Figure("smoothness_scale_free", "Scale-free measures: loss range / loss and gradient change / "
-               "gradient norm (log scale)",
-               lambda: _measure_figure(frame, list(SCALE_FREE_MEASURES), "step", "Scale-free")),
-        Figure("smoothness_vs_loss", "The paper's measures against the training loss (matched-loss view)",
-               lambda: _measure_figure(frame, list(RAW_MEASURES), "loss_smooth", "Against training loss")),
-        Figure("smoothness_hessian", "Top Hessian eigenvalue (power iteration) over training",
-               lambda: _measure_figure(frame, ["hessian_top"], "step", "Top Hessian eigenvalue", logy=False)),
-    ]
-    eigen = ", ".join(f"{r.variant} {r.hessian_top:.3g}" for r in summary.itertuples())
-    learned = ", ".join(f"{r.variant} {'learned' if r.learned else 'did NOT learn'} (end loss {r.loss_end:.2f}, "
-                        f"val acc {r.val_accuracy:.2f})" for r in summary.itertuples())
-    text = (
-        "Santurkar et al. 2018 (Fig. 4): with BN the loss changes less along the gradient, the gradient is more "
-        "predictive and the effective beta-smoothness is lower. Here: small Inception (Zhang et al. 2017) at "
-        f"width {config['width_mult']} on {config['n_train']} synthetic 32 px images, variants "
-        f"{', '.join(config['variants'])}, trained identically with plain SGD (momentum {config['momentum']}) at "
-        f"lr {lr:g}, batch {config['batch_size']}, {config['steps']} steps, {config['seeds']} seed(s). The no-BN "
-        f"net uses the '{config['none_init']}' initialisation (data-dependent: every conv normalised on one batch "
-        f"at the start). {_init_check_text(sweep)}{learned}. Compared raw, scale-free and at matched training "
-        "loss. The top Hessian eigenvalue (largest in magnitude, so it can be negative; "
-        f"{config['eigen_iters']} power iterations) is shown, not judged: median {eigen}."
-    )
-    return Section(title="Batch norm and loss-surface smoothness (Santurkar et al. 2018)", text=text,
-                   tables=tables, figures=figures, verdict=answer)

@@ -28,9 +28,17 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.experiments import _shared as shared
-from analysis.experiments import default_results_dir
-from analysis.report import Figure, Section, Table
+from analysis.experiments.runner import (
+    CHANCE,
+    CPU_QUICK,
+    GPU_FULL,
+    RECIPE_KEYS,
+    check_config,
+    run_points,
+    threads,
+    train_point,
+)
+from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
 
 __all__ = [
     "CONFIGS",
@@ -42,7 +50,6 @@ __all__ = [
     "summarise",
     "verdicts",
     "verdict",
-    "section",
 ]
 
 NAME = "xception_vs_v3"
@@ -79,7 +86,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=10,
         eval_every=50,
         param_tolerance=0.1,
-        **shared.CPU_QUICK,
+        **CPU_QUICK,
     ),
     # A GPU: the full-width networks (21.8M / 20.8M parameters at 10 classes) at 150 px on 10,000 images, 3
     # seeds, 20 epochs. Not run in this session (no GPU); the learning rate is untested at this size.
@@ -105,7 +112,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         log_every=20,
         eval_every=156,
         param_tolerance=0.1,
-        **shared.GPU_FULL,
+        **GPU_FULL,
     ),
 }
 
@@ -118,7 +125,7 @@ _MODEL_KNOBS = ("width_mult", "drop_rate", "middle_blocks", "mid_activation")
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    shared.check_config(NAME, config, CONFIGS["quick"])
+    check_config(NAME, config, CONFIGS["quick"])
     for label, spec in config["variants"].items():
         if "model" not in spec:
             raise ValueError(f"variant {label!r} names no model; give dict(model='xception', ...)")
@@ -136,7 +143,7 @@ def make_points(config: Mapping[str, Any]) -> list[dict[str, Any]]:
             points.append({
                 "experiment": NAME, "variant": label, **dict(spec), "image_size": config["image_size"],
                 "seed": int(config["seed"]) + i, "data_seed": int(config["seed"]), "n_train": config["n_train"],
-                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in shared.RECIPE_KEYS},
+                "n_val": config["n_val"], "threads": config["threads"], **{k: config[k] for k in RECIPE_KEYS},
             })
     return points
 
@@ -145,8 +152,8 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
     """Train one network with one seed: :data:`RESULT_COLUMNS` rows (train log, validation every
     ``eval_every`` steps and at the end)."""
     knobs = {k: point[k] for k in _MODEL_KNOBS if k in point}
-    with shared.threads(int(point["threads"])):
-        outcome = shared.train_point(point, point["model"], model_kwargs=knobs)
+    with threads(int(point["threads"])):
+        outcome = train_point(point, point["model"], model_kwargs=knobs)
     frame = outcome.curve(["split", "step", "loss", "accuracy"], params=outcome.params, n_val=int(point["n_val"]),
                           cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, variant=point["variant"], model=point["model"],
                           mid_activation=bool(point.get("mid_activation", False)), seed=int(point["seed"]))
@@ -156,16 +163,16 @@ def run_point(point: dict[str, Any]) -> pd.DataFrame:
 def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Train every (variant, seed) of ``config`` (resumable in ``results_dir``) and return the rows: columns
     ``point_id`` + :data:`RESULT_COLUMNS`."""
-    return shared.run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
-                             isolate=bool(config["isolate"]), progress=progress, desc=NAME,
-                             columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
+    return run_points(make_points(config), run_point, results_dir, workers=int(config["workers"]),
+                      isolate=bool(config["isolate"]), progress=progress, desc=NAME,
+                      columns=RESULT_COLUMNS, numeric=_NUMERIC, flags=["mid_activation"])
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (:data:`SUMMARY_COLUMNS`): parameters (and their relative difference to Inception-v3's)
     and final validation accuracy over seeds."""
-    final = shared.final_evals(results)
-    stats = shared.seed_stats(final, ["variant"], "accuracy")
+    final = final_evals(results)
+    stats = seed_stats(final, ["variant"], "accuracy")
     extra = final.groupby("variant", sort=False).agg(model=("model", "first"), mid_activation=("mid_activation", "first"),
                                                     params=("params", "first"), val_loss_mean=("loss", "mean"))
     table = stats.merge(extra.reset_index(), on="variant").rename(
@@ -187,7 +194,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
         if gap > param_tolerance:
             return (f"inconclusive: parameter counts differ by {gap:.1%} ({rows.loc[better, 'params']:,} vs "
                     f"{rows.loc[worse, 'params']:,}), more than {param_tolerance:.0%}")
-    threshold = shared.learned_threshold(n_val, chance)
+    threshold = learned_threshold(n_val, chance)
     weak = [v for v in (better, worse) if not rows.loc[v, "acc_mean"] > threshold]
     if len(weak) == 2 or (weak and both_must_learn):
         means = ", ".join(f"{rows.loc[v, 'acc_mean']:.3f}" for v in weak)
@@ -196,8 +203,8 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
                 "claim is about accuracy once trained") if learned else ""
         return (f"inconclusive: {' and '.join(weak)} did not learn beyond chance (mean accuracy {means} <= "
                 f"{threshold:.3f}: chance {chance:g} + 3 binomial s.e. on {n_val} images{also})")
-    comparison = shared.compare(final.loc[final["variant"] == better, "accuracy"],
-                                final.loc[final["variant"] == worse, "accuracy"])
+    comparison = compare(final.loc[final["variant"] == better, "accuracy"],
+                         final.loc[final["variant"] == worse, "accuracy"])
     effect, spread = comparison.effect, comparison.spread
     numbers = (f"{better} {rows.loc[better, 'acc_mean']:.3f} vs {worse} {rows.loc[worse, 'acc_mean']:.3f}, "
                f"difference {effect:+.3f} against a seed spread of {spread:.3f}")
@@ -210,7 +217,7 @@ def _judge(final: pd.DataFrame, summary: pd.DataFrame, better: str, worse: str, 
     return f"does not show: the opposite held ({numbers})"
 
 
-def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
+def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
              param_tolerance: float = 0.1) -> dict[str, str]:
     """Both claims at this scale, each "shows: ...", "does not show: ..." or "inconclusive: ...".
 
@@ -219,7 +226,7 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     ``param_tolerance``) and ``"mid_activation"`` (Xception more accurate without the ReLU between depthwise
     and pointwise convolutions than with it).
 
-    A network that did not learn beyond chance (:func:`~analysis.experiments._shared.learned_threshold`) makes the first claim
+    A network that did not learn beyond chance (:func:`~analysis.experiments.verdict.learned_threshold`) makes the first claim
     inconclusive:
     it is about accuracy at equal capacity once trained, and a slow start in a short budget says nothing about
     that. The second claim is also about speed (Fig. 10: "faster convergence and better final performance"),
@@ -235,91 +242,9 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     }
 
 
-def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = shared.CHANCE,
+def verdict(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: float = CHANCE,
             param_tolerance: float = 0.1) -> str:
     """:func:`verdicts` as one line for the report."""
     answers = verdicts(summary, final, n_val=n_val, chance=chance, param_tolerance=param_tolerance)
     return (f"Xception vs Inception-v3 at similar parameters: {answers['xception_vs_v3']}. "
             f"Activation between depthwise and pointwise: {answers['mid_activation']}.")
-
-
-def _curves_figure(results: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("train", "loss", "training loss (one batch)"), ("train", "accuracy", "training accuracy (one batch)"),
-              ("val", "accuracy", "validation accuracy")]
-    for ax, (split, value, label) in zip(axes, panels):
-        part = results[results["split"] == split]
-        curves = part.groupby(["variant", "step"], sort=False)[value].agg(["mean", "min", "max"]).reset_index()
-        for i, (variant, grp) in enumerate(curves.groupby("variant", sort=False)):
-            ax.plot(grp["step"], grp["mean"], color=f"C{i}", marker="o" if split == "val" else None, ms=4,
-                    label=variant)
-            ax.fill_between(grp["step"], grp["min"], grp["max"], color=f"C{i}", alpha=0.15)
-        if value == "accuracy":
-            ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
-        ax.set_xlabel("step")
-        ax.set_ylabel(value)
-        ax.set_title(f"{label}\n(mean, band: seed min-max)", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _final_figure(summary: pd.DataFrame, final: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labels = summary["variant"].tolist()
-    for i, row in summary.reset_index(drop=True).iterrows():
-        seeds = final.loc[final["variant"] == row["variant"], "accuracy"]
-        ax.scatter([i] * len(seeds), seeds, color=f"C{i}", s=20, alpha=0.7)
-        ax.errorbar([i], [row["acc_mean"]], yerr=[[row["acc_mean"] - row["acc_min"]], [row["acc_max"] - row["acc_mean"]]],
-                    fmt="s", color="black", capsize=5)
-    ax.axhline(shared.CHANCE, color="grey", lw=1, ls="--", label="chance")
-    ax.set_xticks(range(len(labels)), [f"{v}\n{p / 1e3:.0f}k params" for v, p in zip(labels, summary["params"])])
-    ax.set_ylabel("final validation accuracy")
-    ax.set_title("Final accuracy (dots: seeds; bars: mean, seed min-max)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def section(mode: str, seed: int) -> Section:
-    """The report's section: parameters and final accuracy per network, training curves and both verdicts."""
-    config = {**CONFIGS[mode], "seed": seed}
-    results = run(config, results_dir=default_results_dir(NAME, mode, seed), progress=False)
-    summary = summarise(results)
-    final = shared.final_evals(results)
-    answer = verdict(summary, final, n_val=int(config["n_val"]), param_tolerance=float(config["param_tolerance"]))
-    widths = sorted({spec.get("width_mult", 1.0) for spec in config["variants"].values()})
-    text = (
-        "Xception paper (Chollet 2017): at the same parameter count as Inception-v3, Xception is more accurate "
-        "(sec. 4.5: 'a more efficient use of model parameters'); and a non-linearity between the depthwise and "
-        "pointwise convolutions hurts (sec. 4.7, Fig. 10). Here: inception_v3, xception and xception with a ReLU "
-        f"between depthwise and pointwise (mid_activation) at width_mult {', '.join(map(str, widths))}, dropout "
-        f"off, trained identically: {config['steps']} steps of {config['optimizer'].upper()} (lr {config['lr']:g}, "
-        f"momentum {config['momentum']:g}, {config['schedule']} schedule, {config['warmup_steps']} warm-up steps), "
-        f"batch {config['batch_size']}, {config['n_train']} synthetic training images at {config['image_size']} px, "
-        f"seeds {seed}..{seed + int(config['seeds']) - 1}. Accuracy is top-1 on {config['n_val']} validation "
-        "images. A difference counts only when larger than the seed spread (max - min) of both groups; parameter "
-        f"counts must match within {float(config['param_tolerance']):.0%}. The learning rate is the best of those "
-        "tried for xception without the mid activation; the other two networks were trained with it as they are."
-    )
-    notes = ["acc_*: final validation top-1 over seeds (std: sample std); params at 10 classes; params_vs_v3: "
-             "params / Inception-v3's - 1",
-             "every network keeps its reference initialisation (Inception-v3: truncated normal std 0.1; "
-             "Xception: He fan-out)"]
-    per_seed = final.reindex(columns=["variant", "seed", "params", "loss", "accuracy"]).rename(
-        columns={"loss": "val_loss", "accuracy": "val_accuracy"}).reset_index(drop=True)
-    return Section(
-        title="Depthwise-separable convolutions and the mid activation (Xception)",
-        text=text,
-        tables=[Table("xception_vs_v3", "Parameters and final validation accuracy (seed statistics)", summary, notes),
-                Table("xception_vs_v3_seeds", "Final validation accuracy per seed", per_seed, inline=False)],
-        figures=[Figure("xception_vs_v3_curves", "Training loss, training accuracy and validation accuracy vs step "
-                        "(mean over seeds, band: seed min-max)", lambda: _curves_figure(results)),
-                 Figure("xception_vs_v3_final", "Final validation accuracy per network and seed",
-                        lambda: _final_figure(summary, final))],
-        verdict=answer,
-    )

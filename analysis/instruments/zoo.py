@@ -6,7 +6,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from analysis.counting import parameter_count
+from analysis.instruments.counting import count_model, create_model_for_counting, parameter_count, totals
 from inception_models import list_models, model_info
 
 
@@ -18,8 +18,6 @@ def zoo_table(models: Iterable[str] | None = None, *, with_macs: bool = False) -
     is fvcore's total (BN included), ``conv_fc_gmacs`` the convolutions and the classifier only, which is
     what the papers and timm's tables count, so it is the column to set beside ``ref_gmacs``.
     """
-    from analysis.counting import count_model, create_model_for_counting, totals
-
     rows = []
     for name in models if models is not None else list_models():
         info = model_info(name)

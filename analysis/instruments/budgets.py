@@ -28,6 +28,9 @@ from typing import Any, Callable
 import pandas as pd
 from torch import nn
 
+from analysis.instruments.counting import count_model, create_model_for_counting, summarize
+from inception_models import model_info
+
 LIMIT_KEYS = ("max_params", "max_gmacs")
 BUDGET_KEYS = {"model", "kwargs", "input_size", "blocks", *LIMIT_KEYS}
 
@@ -122,9 +125,6 @@ def resolve_model(spec: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[i
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import {spec!r} ({err}); use 'package.module:callable'") from None
         return factory(**kwargs), (3, 224, 224)
-    from analysis.counting import create_model_for_counting
-    from inception_models import model_info
-
     info = model_info(spec)
     return create_model_for_counting(spec, **kwargs), (3, info.input_size, info.input_size)
 
@@ -132,8 +132,6 @@ def resolve_model(spec: str, kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[i
 def check_budget(budget: Budget) -> pd.DataFrame:
     """Measure one budget's model; one row per limit: ``budget``, ``model``, ``block``, ``metric``,
     ``budget_value``, ``actual``, ``delta_pct`` (positive = over budget) and ``ok``."""
-    from analysis.counting import count_model, summarize
-
     model, default_size = resolve_model(budget.model, budget.kwargs)
     size = budget.input_size or default_size
     counts = count_model(model, input_size=size)

@@ -48,6 +48,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analysis.instruments.state import ModelStateGuard
+from inception_models import create_model
+
 with warnings.catch_warnings():
     # fvcore's focal-loss module calls torch.jit.script at import, which torch >= 2.10 flags as deprecated;
     # it is not ours to fix and says nothing about counting.
@@ -143,24 +146,6 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 # ------------------------------------------------------------------------------------------- no side effects
 
-@contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag, every buffer and the RNG state, whatever happens inside."""
-    flags = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    cuda_devices = sorted({b.device.index or 0 for b, _ in buffers if b.device.type == "cuda"})
-    try:
-        with torch.random.fork_rng(devices=cuda_devices):
-            yield
-    finally:
-        for m, training in flags:
-            m.training = training
-        with torch.no_grad():
-            for b, saved in buffers:
-                if b.shape == saved.shape:
-                    b.copy_(saved)
-
-
 def _set_counting_mode(model: nn.Module, aux_macs: bool) -> None:
     if not aux_macs:
         model.eval()
@@ -244,7 +229,7 @@ def _trace(model: nn.Module, shape: tuple[int, ...], device: torch.device | None
             return 0
         return handle
 
-    with _preserved(model), _quiet(), torch.no_grad():
+    with ModelStateGuard(model), _quiet(), torch.no_grad():
         _set_counting_mode(model, aux_macs)
         handles = [m.register_forward_hook(record) for m in names]
         try:
@@ -518,8 +503,6 @@ def create_model_for_counting(name: str, **knobs: object) -> nn.Module:
     """``inception_models.create_model(name, **knobs)`` with every weight and buffer zero, built without the
     random initialisation (on the meta device, then allocated): counting needs shapes only, and skipping the
     initialisation of tens of millions of weights makes building many variants quick."""
-    from inception_models import create_model
-
     try:
         with torch.device("meta"):
             model = create_model(name, **knobs)

@@ -1,5 +1,5 @@
 """The factorisation studies of Inception-v3 (Szegedy et al. 2016, "Rethinking the Inception Architecture",
-sec. 3), measured on real modules with fvcore (:func:`analysis.counting.count_model`) and checked against
+sec. 3), measured on real modules with fvcore (:func:`analysis.instruments.counting.count_model`) and checked against
 the closed form.
 
 Schemes (:data:`SCHEMES`), each replacing a convolution by a cheaper stack with the same receptive field:
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.counting import count_model, create_model_for_counting, totals
+from analysis.instruments.counting import count_model, create_model_for_counting, totals
 from inception_models.layers import ConvNormAct, conv_nxn, conv_stacked
 
 __all__ = [

@@ -1,0 +1,137 @@
+"""What the batch-norm experiments vary besides the ``norm`` knob: initialisations under which a network
+without BN learns (He; data-dependent), and Santurkar et al.'s "noisy BatchNorm" (:class:`BatchNormNoise`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.callbacks import Callback
+
+__all__ = ["BatchNormNoise", "data_dependent_init", "he_init"]
+
+
+# ------------------------------------------------------------------------------------------- initialisation
+def he_init(model: nn.Module) -> nn.Module:
+    """He (Kaiming) normal init for every conv (fan-in, ReLU gain) and zero conv biases; the classifier is kept.
+
+    He, Zhang, Ren, Sun, "Delving Deep into Rectifiers", ICCV 2015: keeps the activation variance from layer to
+    layer under ReLU, where Glorot's shrinks it (by about 0.8 per layer in the no-BN small Inception).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+@torch.no_grad()
+def data_dependent_init(model: nn.Module, images: torch.Tensor, eps: float = 1e-5) -> nn.Module:
+    """Rescale every conv so that its output channels have zero mean and unit variance on ``images``.
+
+    A data-dependent initialisation in the manner of Kraehenbuehl, Doersch, Donahue, Darrell ("Data-dependent
+    Initializations of Convolutional Neural Networks", ICLR 2016) and LSUV (Mishkin & Matas, ICLR 2016): in one
+    forward pass, in network order, each conv's weight is divided by its per-channel standard deviation and its
+    bias set so the mean is zero, and the normalised output goes on to the next layer. A no-BN net thus starts
+    with the activation statistics a BN net has at its first step. Convs without a bias are only rescaled. The
+    model's train/eval mode is restored; nothing else (no BN buffer) is touched.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 2:
+        raise ValueError("images must be a batch (N >= 2, C, H, W) of training images, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+
+    def normalise(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        mean = output.mean((0, 2, 3))
+        std = output.std((0, 2, 3)) + eps
+        module.weight.div_(std.view(-1, 1, 1, 1))
+        if module.bias is not None:
+            module.bias.sub_(mean).div_(std)
+            return (output - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return output / std.view(1, -1, 1, 1)
+
+    was_training = model.training
+    hooks = [m.register_forward_hook(normalise) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model.train()
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ noisy BN
+def _mix(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class BatchNormNoise(Callback):
+    """Santurkar et al.'s "noisy BatchNorm" (sec. 2.1, Fig. 2): noise after every BN layer, redrawn every step.
+
+    The paper perturbs "each activation for each sample in the batch using i.i.d. noise sampled from a non-zero
+    mean and non-unit variance distribution", a distribution that changes at each step; it gives no formula, so
+    this is our reading. At training step ``t``, for BN layer ``l`` and channel ``c``: a shift
+    ``m ~ U(-noise_mean, noise_mean)`` and a scale ``s ~ U(1, noise_scale)``; then for sample ``i``::
+
+        y[i, c] = (s + jitter * a[i, c]) * x[i, c] + (m + jitter * b[i, c]),   a, b ~ N(0, 1)
+
+    All draws come from a private generator seeded by ``(seed, t, l)``, so within one step every forward
+    (the trainer's and the landscape probe's) sees the same noise and the loss stays one function of the
+    weights, and a rerun sees the same noise. Only modules in training mode are perturbed (not evaluation).
+    """
+
+    def __init__(self, noise_mean: float = 0.5, noise_scale: float = 1.5, jitter: float = 0.1, seed: int = 0) -> None:
+        if noise_mean < 0 or noise_scale < 1 or jitter < 0:
+            raise ValueError(f"need noise_mean >= 0, noise_scale >= 1, jitter >= 0; got {noise_mean}, "
+                             f"{noise_scale}, {jitter}")
+        self.noise_mean, self.noise_scale, self.jitter, self.seed = noise_mean, noise_scale, jitter, seed
+        self.step = 0
+        self._hooks: list[Any] = []
+
+    def attach(self, model: nn.Module) -> "BatchNormNoise":
+        """Hook every BN layer of ``model`` (idempotent); :meth:`detach` removes the hooks."""
+        self.detach()
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers:
+            raise ValueError(f"{type(model).__name__} has no BatchNorm layer to add noise to; use norm='bn'")
+        for index, layer in enumerate(layers):
+            self._hooks.append(layer.register_forward_hook(self._hook(index)))
+        return self
+
+    def detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _hook(self, index: int):
+        def perturb(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            if not module.training:
+                return output
+            n, c = output.shape[:2]
+            g = torch.Generator().manual_seed(_mix(self.seed, self.step, index))
+            shift = (torch.rand(c, generator=g) * 2 - 1) * self.noise_mean
+            scale = 1 + torch.rand(c, generator=g) * (self.noise_scale - 1)
+            a = torch.randn(n, c, generator=g) * self.jitter + scale
+            b = torch.randn(n, c, generator=g) * self.jitter + shift
+            view = (n, c) + (1,) * (output.dim() - 2)
+            a = a.to(output.device, output.dtype).view(view)
+            b = b.to(output.device, output.dtype).view(view)
+            return output * a + b
+
+        return perturb
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.attach(trainer.model)
+        self.step = int(trainer.step)
+
+    def on_step_end(self, trainer: Any, batch: Any, loss: torch.Tensor) -> None:
+        self.step = int(trainer.step)
+
+    def on_train_end(self, trainer: Any) -> None:
+        self.detach()

@@ -1,0 +1,265 @@
+"""How the trained experiments run: their points (one config dict each), in parallel workers, resumable, one
+training run per point on the synthetic shapes, and where their results live.
+
+* :data:`CPU_QUICK` and :data:`GPU_FULL`: where a config's points run;
+* :func:`run_points`: the unfinished points into ``results_dir/results.jsonl`` through
+  :func:`analysis.training.sweep.run_sweep`, one or several at a time; a killed run resumes;
+* :func:`train_point`: one training run as a point says, with the model built here when it is a registry name;
+* :func:`default_results_dir`: where an experiment's resumable results live, under a results root that
+  defaults to ``runs/experiments`` in the current directory.
+
+Used by every experiment that trains: factorization_grid, xception_vs_v3, dead_units, smoothness,
+residual_speedup, bn_speedup, label_smoothing and aux_heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, fields
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from analysis.callbacks import Callback
+from analysis.data.synthetic import make_synthetic
+from analysis.training.config import TrainConfig
+from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
+from analysis.training.trainer import Trainer, TrainingDiverged, seed_everything
+from inception_models import create_model
+
+__all__ = [
+    "CHANCE",
+    "CLASSES",
+    "CPU_QUICK",
+    "GPU_FULL",
+    "RECIPE_KEYS",
+    "RESULTS_ROOT",
+    "TRAIN_KEYS",
+    "CpuClock",
+    "TrainOutcome",
+    "check_config",
+    "default_results_dir",
+    "run_points",
+    "tensors",
+    "threads",
+    "train_point",
+]
+
+CLASSES = 10  # the synthetic shapes have ten balanced classes
+CHANCE = 1.0 / CLASSES
+
+# The default root of the experiments' resumable results, relative to the current directory.
+RESULTS_ROOT = Path("runs") / "experiments"
+
+# Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
+# worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
+# its own so a crash or an out-of-memory error costs one point.
+CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False)
+GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True)
+
+
+def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the keys ``config`` lacks against ``reference`` (the experiment's quick
+    config), or a seed count below one."""
+    missing = sorted(set(reference) - set(config))
+    if missing:
+        raise ValueError(f"{name} config lacks {missing}; start from CONFIGS['quick'] or CONFIGS['full']")
+    if "seeds" in reference and int(config["seeds"]) < 1:
+        raise ValueError(f"seeds must be >= 1, got {config['seeds']}")
+
+
+def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESULTS_ROOT) -> Path:
+    """Where an experiment's resumable results live: ``<root>/<name>/<mode>-seed<seed>`` (``root`` defaults to
+    ``runs/experiments`` under the current directory)."""
+    return Path(root) / name / f"{mode}-seed{seed}"
+
+
+# ==================================================================================================== running
+@lru_cache(maxsize=6)
+def tensors(split: str, n: int, image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process."""
+    return make_synthetic(split, n, image_size, seed).tensors()
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (0 keeps the current setting), restoring the setting after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class CpuClock(Callback):
+    """A trainer callback adding ``cpu_s``, this process's CPU seconds since the start of training, to every
+    logged training row: on a shared machine CPU time measures a run's cost where wall time measures the load."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = int(log_every)
+        self._start = 0.0
+
+    def on_train_start(self, trainer: Any) -> None:
+        self._start = time.process_time()
+
+    def on_step_end(self, trainer: Any, batch: Any, loss: Any) -> None:
+        if trainer.step % self.log_every == 0 or trainer.step >= trainer.total_steps:
+            trainer.log_metrics({"cpu_s": time.process_time() - self._start})
+
+
+def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str) -> None:
+    run_sweep([point], run_point, path, isolate=False)
+
+
+def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
+               results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
+               desc: str = "points", columns: Sequence[str] | None = None, numeric: Sequence[str] = (),
+               flags: Sequence[str] = ()) -> pd.DataFrame:
+    """Run the unfinished ``points`` into ``results_dir/results.jsonl`` (a temporary folder when None) through
+    :func:`analysis.training.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
+
+    ``workers`` > 1 runs that many points at once, each in a spawned worker process (``run_point`` must be a
+    module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
+    Appends are serialised by the sweep's file lock, so a killed run resumes with the finished points kept.
+
+    ``columns`` gives the table ``point_id`` + those columns (in that order, missing ones blank); the
+    ``numeric`` ones are made numbers (the JSON-lines file stores NaN as null) and the ``flags`` booleans.
+    """
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with contextlib.ExitStack() as stack:
+        if results_dir is None:
+            results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
+        path = Path(results_dir) / "results.jsonl"
+        pending = pending_points(points, path)
+        bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
+        if workers == 1 or len(pending) <= 1:
+            for point in pending:
+                run_sweep([point], run_point, path, isolate=isolate)
+                bar.update(1)
+        else:
+            job = partial(_sweep_one, run_point=run_point, path=str(path))
+            try:
+                with ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+                    for future in as_completed([pool.submit(job, point) for point in pending]):
+                        future.result()
+                        bar.update(1)
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    f"a worker process of {desc} died ({err}); a script running experiments with workers > 1 must "
+                    "guard its entry with `if __name__ == \"__main__\":`, or use workers=1. Finished points are "
+                    "kept: run again to resume") from err
+        table = read_results(path)
+    if not table.empty:
+        order = {point_id(p): i for i, p in enumerate(points)}
+        table = table[table["point_id"].isin(order)]
+        table = table.assign(_order=table["point_id"].map(order)).sort_values("_order", kind="stable")
+        table = table.drop(columns="_order").reset_index(drop=True)
+    if columns is None:
+        return table
+    table = table.reindex(columns=["point_id", *columns])
+    for col in numeric:
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    for col in flags:
+        table[col] = table[col].fillna(False).astype(bool)
+    return table
+
+
+# The recipe an SGD experiment's config hands every point (factorization_grid, xception_vs_v3).
+
+
+# The recipe an SGD experiment's config hands every point (factorization_grid, xception_vs_v3).
+RECIPE_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps",
+               "log_every", "eval_every", "device")
+
+# The point keys that are TrainConfig fields (missing ones take TrainConfig's defaults).
+
+# The point keys that set TrainConfig fields (missing ones take TrainConfig's defaults): TrainConfig's own fields,
+# but for those a point does not decide (the model and how the run reports).
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "model_kwargs", "progress"))
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train_point` gives back: the metrics log (train and val rows, a diverged run's up to the
+    divergence), the trainer (for a final evaluation), and the divergence step (None if the run finished)."""
+
+    history: pd.DataFrame
+    trainer: Any
+    diverged_step: int | None
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    @property
+    def params(self) -> int:
+        """The trained network's parameter count."""
+        return sum(p.numel() for p in self.trainer.model.parameters())
+
+    def curve(self, columns: Sequence[str] = ("split", "step", "loss", "accuracy", "time", "cpu_s"),
+              **constants: Any) -> pd.DataFrame:
+        """The ``train`` and ``val`` rows of the log in ``columns``, with ``diverged`` and ``diverged_step`` and
+        the ``constants`` (e.g. the point's arm and seed) on every row. A run that diverged at its first step
+        logged nothing: it gets one ``train`` row at step 0, so the point still stands in the results."""
+        frame = self.history[self.history["split"].isin(["train", "val"])].reindex(columns=list(columns))
+        frame = frame.reset_index(drop=True)
+        if frame.empty:
+            frame = pd.DataFrame([{"split": "train", "step": 0}]).reindex(columns=list(columns))
+        return frame.assign(**constants, diverged=self.diverged, diverged_step=self.diverged_step)
+
+
+def train_point(point: Mapping[str, Any], model: torch.nn.Module | str, *,
+                model_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
+                setup: Callable[[Any], None] | None = None) -> TrainOutcome:
+    """Train ``model`` on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, an
+    optional ``data_seed`` (default 0) and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on the training rows.
+
+    ``model`` is a built network, or a registry name built here as ``create_model(model, num_classes=10,
+    **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init). A
+    NaN/inf loss (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets
+    ``diverged_step``. ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace
+    its criterion)."""
+    data_seed = int(point.get("data_seed", 0))
+    train = tensors("train", int(point["n_train"]), int(point["image_size"]), data_seed)
+    val = tensors("val", int(point["n_val"]), int(point["image_size"]), data_seed)
+    values = {k: point[k] for k in TRAIN_KEYS if k in point}
+    if isinstance(values.get("aux_weight"), list):
+        values["aux_weight"] = tuple(values["aux_weight"])
+    if isinstance(model, str):
+        name = model
+        values["model_kwargs"] = {"num_classes": CLASSES, **(model_kwargs or {})}
+    else:
+        name = str(point.get("model", type(model).__name__))
+    config = TrainConfig(model=name, progress=False, **values)
+    if isinstance(model, str):
+        seed_everything(config.seed)
+        model = create_model(name, **config.model_kwargs)
+    clock = CpuClock(config.log_every)
+    trainer = Trainer(model, config, train, val, callbacks=[clock, *callbacks])
+    if setup is not None:
+        setup(trainer)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    diverged_step = None
+    try:
+        trainer.fit()
+    except TrainingDiverged as err:
+        diverged_step = int(err.step)
+    history = pd.DataFrame(trainer.history)
+    if "split" not in history:  # diverged at the first step: nothing was logged
+        history = pd.DataFrame(columns=["split", "step", "loss", "accuracy", "time", "cpu_s"])
+    return TrainOutcome(history, trainer, diverged_step, time.process_time() - cpu0, time.perf_counter() - wall0)

@@ -1,0 +1,92 @@
+"""The papers' optimisers and learning-rate schedules: TensorFlow's RMSProp (Inception-v3 and v4), SGD with
+momentum (GoogLeNet), and the step, cosine and constant schedules with a linear warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from analysis.training.config import TrainConfig
+
+__all__ = ["RMSpropTF", "lr_schedule", "make_optimizer"]
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow computes it: the optimiser of the Inception-v3 and v4 papers.
+
+    It differs from ``torch.optim.RMSprop`` in three ways that matter with the papers' epsilon of 1.0: epsilon
+    sits inside the square root, the mean-square accumulator starts at one (not zero), and the learning rate
+    is applied inside the momentum buffer::
+
+        ms  = decay * ms + (1 - decay) * g**2
+        mom = momentum * mom + lr * g / sqrt(ms + eps)
+        w   = w - mom
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.045, decay: float = 0.9, eps: float = 1.0,
+                 momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        if lr <= 0 or eps <= 0 or not 0 <= decay < 1 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"bad RMSpropTF settings lr={lr} decay={decay} eps={eps} momentum={momentum} "
+                             f"weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, decay=decay, eps=eps, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["weight_decay"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                state = self.state[param]
+                if not state:
+                    state["square_avg"] = torch.ones_like(param, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["decay"]).addcmul_(grad, grad, value=1 - group["decay"])
+                update = grad / square_avg.add(group["eps"]).sqrt_()
+                if group["momentum"] > 0:
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(update, alpha=group["lr"])
+                    param.sub_(buf)
+                else:
+                    param.sub_(update, alpha=group["lr"])
+        return loss
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, over the model's parameters that require a gradient."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "rmsprop":
+        return RMSpropTF(params, lr=config.lr, decay=config.rmsprop_decay, eps=config.rmsprop_eps,
+                         momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+
+
+def lr_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """The schedule as a pure function of the finished-step count (so LambdaLR's state is just a counter)."""
+    period = max(1, round(config.lr_decay_epochs * steps_per_epoch))
+    warmup = config.warmup_steps
+
+    def factor(step: int) -> float:
+        if config.schedule == "step":
+            value = config.lr_decay ** (step // period)
+        elif config.schedule == "cosine":
+            value = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+        else:
+            value = 1.0
+        if warmup and step < warmup:
+            value *= (step + 1) / warmup
+        return value
+
+    return factor
