@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "factorized_ratio": "analysis.instruments.factorization",
     "receptive_field": "analysis.instruments.factorization",
     "make_synthetic": "analysis.data.synthetic",
+    "Difficulty": "analysis.data.difficulty",
+    "DIFFICULTIES": "analysis.data.difficulty",
     "build_dataset": "analysis.data.spec",
     "make_loader": "analysis.training.sampling",
     "load_cifar10": "analysis.data.cifar10",

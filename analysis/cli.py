@@ -136,7 +136,7 @@ def factorize(
 @app.command()
 def train(
     model: Annotated[str, typer.Argument(help="A registered model name.")],
-    data: Annotated[str, typer.Option(help="synthetic | cifar10:PATH | imagefolder:PATH")] = "synthetic",
+    data: Annotated[str, typer.Option(help="synthetic[:DIFFICULTY] (e.g. synthetic:hard, synthetic:k100) | cifar10:PATH | imagefolder:PATH")] = "synthetic",
     steps: Annotated[Optional[int], typer.Option(help="Training steps (or give --epochs).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: metrics.jsonl, config.json, checkpoint.pt.")] = Path("runs/train"),
@@ -198,7 +198,7 @@ def dead_units(
     model: Annotated[str, typer.Argument(help="A registered model name.")],
     weights: Annotated[Optional[Path], typer.Option(help="A local weight file (ours, torchvision or timm).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint.pt written by `inception-lab train`.")] = None,
-    data: Annotated[str, typer.Option(help="synthetic | cifar10:PATH | imagefolder:PATH")] = "synthetic",
+    data: Annotated[str, typer.Option(help="synthetic[:DIFFICULTY] (e.g. synthetic:hard, synthetic:k100) | cifar10:PATH | imagefolder:PATH")] = "synthetic",
     batches: Annotated[int, typer.Option(help="Number of batches to watch.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 16,
     image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's native size).")] = None,

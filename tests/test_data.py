@@ -286,7 +286,7 @@ def test_build_dataset_errors(tmp_path: Path) -> None:
         build_dataset("mnist:x")
     with pytest.raises(ValueError, match="needs a folder"):
         build_dataset("cifar10")
-    with pytest.raises(ValueError, match="takes no path"):
+    with pytest.raises(ValueError, match="synthetic difficulty ./data.: expected a preset"):
         build_dataset("synthetic:/data")
     with pytest.raises(ValueError, match="split"):
         build_dataset("synthetic", "holdout")

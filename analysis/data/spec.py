@@ -3,6 +3,8 @@
 Three sources:
 
 - ``synthetic`` (alias ``shapes``): :class:`~analysis.data.synthetic.SyntheticShapes`, generated from a seed;
+  ``synthetic:DIFFICULTY`` picks a harder or many-class variant (``synthetic:hard``, ``synthetic:k100``,
+  ``synthetic:hues=5,noise_std=0.2``; :mod:`analysis.data.difficulty`);
 - ``cifar10:PATH``: CIFAR-10 in its python pickle format as distributed (``cifar-10-batches-py``);
 - ``imagefolder:PATH``: ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/*.png`` with Inception-style
   preprocessing (:mod:`analysis.data.transforms`).
@@ -39,7 +41,8 @@ def build_dataset(
     """The data set named by a ``--data`` spec, for ``split`` ("train", "val" or "test"):
 
     - ``synthetic`` or ``shapes``: :func:`make_synthetic` (``n`` samples, default 10,000 / 2,000; ``image_size``
-      default 32; ``seed``); never augmented.
+      default 32; ``seed``); never augmented. ``synthetic:DIFFICULTY`` sets its difficulty: a preset of
+      :data:`~analysis.data.difficulty.DIFFICULTIES`, knobs, or both (``synthetic:k100,label_noise=0.1``).
     - ``cifar10:PATH``: :func:`load_cifar10`; "val" and "test" are CIFAR's test batch. Native 32 px, resized
       when ``image_size`` differs; ``augment`` adds random crop and flip to "train".
     - ``imagefolder:PATH``: :func:`load_image_folder` on ``PATH/<split>`` (``PATH/train``, ``PATH/val``); "train"
@@ -53,12 +56,11 @@ def build_dataset(
     scheme = scheme.strip().lower()
     if scheme not in DATA_SCHEMES:
         raise ValueError(
-            f"unknown data spec {spec!r}; known: 'synthetic' (alias 'shapes'), 'cifar10:PATH', 'imagefolder:PATH'"
+            f"unknown data spec {spec!r}; known: 'synthetic[:DIFFICULTY]' (alias 'shapes'), 'cifar10:PATH', "
+            "'imagefolder:PATH'"
         )
     if scheme in ("synthetic", "shapes"):
-        if path:
-            raise ValueError(f"data spec {spec!r}: '{scheme}' takes no path; use plain '{scheme}'")
-        return make_synthetic(split, n, 32 if image_size is None else image_size, seed)
+        return make_synthetic(split, n, 32 if image_size is None else image_size, seed, difficulty=path)
     if not path:
         raise ValueError(f"data spec {spec!r} needs a folder: '{scheme}:PATH'")
     if scheme == "cifar10":
