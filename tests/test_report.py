@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
 import analysis.report.build as report_build
 from analysis.report.build import build_report
+from analysis.experiments.verdict import Claim, PairedEffect, Verdict
 from analysis.report.document import Figure, Section, Table
 
 
@@ -39,8 +43,8 @@ def test_writes_every_format_and_links_them(tmp_path, sections):
     index = build_report(tmp_path / "reports", sections=["tiny"], seed=3, progress=False)
     folder = index.parent
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["index.md", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png", "tiny_long.csv", "tiny_long.md",
-                     "tiny_long.tex"]
+    assert names == ["index.md", "provenance.json", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png",
+                     "tiny_long.csv", "tiny_long.md", "tiny_long.tex"]
     text = index.read_text()
     assert "## Tiny (quick)" in text and "**Verdict at this scale:** shows" in text
     assert "1,003" in text
@@ -51,11 +55,18 @@ def test_writes_every_format_and_links_them(tmp_path, sections):
     assert (folder / "tiny_bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _without_provenance(index: Path) -> list[str]:
+    return [line for line in index.read_text().splitlines() if not line.startswith(("Code:", "Machine:"))]
+
+
 def test_same_seed_same_bytes(tmp_path, sections):
+    """Every table and figure is byte-identical; index.md differs only in its provenance lines (time, machine)."""
     first = build_report(tmp_path / "one", sections=["tiny"], progress=False).parent
     second = build_report(tmp_path / "two", sections=["tiny"], progress=False).parent
     for path in first.iterdir():
-        assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+        if path.name not in ("index.md", "provenance.json"):
+            assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+    assert _without_provenance(first / "index.md") == _without_provenance(second / "index.md")
 
 
 def test_a_failing_section_leaves_the_old_report_intact(tmp_path, sections):
@@ -71,8 +82,8 @@ def test_a_failing_section_leaves_the_old_report_intact(tmp_path, sections):
 def test_bad_arguments(tmp_path, sections):
     with pytest.raises(ValueError, match=r"unknown report section\(s\) \['nope'\]; known sections: tiny, broken"):
         build_report(tmp_path / "r", sections=["nope"])
-    with pytest.raises(ValueError, match="mode must be 'quick' or 'full'"):
-        build_report(tmp_path / "r", mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tier must be one of quick, standard, full"):
+        build_report(tmp_path / "r", tier="fast")  # type: ignore[arg-type]
     assert not (tmp_path / "r").exists()
 
 
@@ -96,10 +107,53 @@ def test_default_sections_per_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(report_build, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
     monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("a", "c"))
     build_report(tmp_path / "q", progress=False)
-    build_report(tmp_path / "f", mode="full", progress=False)
+    build_report(tmp_path / "f", tier="full", progress=False)
     build_report(tmp_path / "all", sections="all", progress=False)
     assert ran == [("a", "quick"), ("c", "quick"), ("a", "full"), ("b", "full"), ("c", "full"),
                    ("a", "quick"), ("b", "quick"), ("c", "quick")]
+
+
+def _claim(word: str, effect: float, low: float, high: float) -> Claim:
+    paired = PairedEffect(n=5, treatment_mean=0.8, control_mean=0.8 - effect, effect=effect, median=effect, sd=0.01,
+                          ci_low=low, ci_high=high, mde=0.02, p_value=0.01)
+    return Claim("BN trains faster", "Ioffe & Szegedy 2015, sec. 4.2", "BN reaches the accuracy in fewer steps",
+                 "tiny", "area under the validation curve", Verdict(word, paired, "10/10", ""))
+
+
+def test_claims_at_a_glance_and_claims_csv(tmp_path, monkeypatch):
+    def claiming(mode, seed, results_root):
+        return Section(title="Tiny claims", claims=[_claim("supports", 0.05, 0.02, 0.08),
+                                                    _claim("no effect detected", 0.01, -0.01, 0.03)])
+
+    monkeypatch.setattr(report_build, "SECTIONS", [("claims", claiming)])
+    index = build_report(tmp_path / "r", tier="standard", sections=["claims"], progress=False)
+    text = index.read_text()
+    glance = text.index("## Claims at a glance")
+    assert glance < text.index("## Tiny claims")  # at the top, before the sections
+    assert "[BN trains faster](#tiny-claims)" in text and "+0.05 [+0.02, +0.08]" in text
+    assert "**no effect detected**" in text and "**Tier: `standard`**" in text
+    claims = pd.read_csv(index.parent / "claims.csv")
+    assert list(claims.columns[:12]) == ["claim", "paper", "statement", "experiment", "measure", "effect", "ci_low",
+                                         "ci_high", "seeds", "arms_learned", "mde", "verdict"]
+    assert claims["verdict"].tolist() == ["supports", "no effect detected"]
+    assert claims["section"].tolist() == ["index.md#tiny-claims"] * 2
+    provenance = json.loads((index.parent / "provenance.json").read_text())
+    assert provenance["tier"] == "standard" and set(provenance["sections"]) == {"claims"}
+    assert {"torch", "fvcore"} <= set(provenance["packages"])
+
+
+def test_each_tier_has_its_folder_and_another_tiers_report_is_not_overwritten(tmp_path, monkeypatch, sections):
+    monkeypatch.chdir(tmp_path)
+    quick = build_report(sections=["tiny"], progress=False)
+    assert quick == Path("runs") / "report-quick" / "index.md"
+    standard = build_report(tier="standard", sections=["tiny"], progress=False)
+    assert standard == Path("reports") / "index.md"
+    before = {p.name: p.read_bytes() for p in Path("reports").iterdir()}
+    with pytest.raises(ValueError, match="reports holds the standard tier's report; writing the quick tier there"):
+        build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False)
+    assert {p.name: p.read_bytes() for p in Path("reports").iterdir()} == before
+    build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False, force=True)
+    assert json.loads(Path("reports/provenance.json").read_text())["tier"] == "quick"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.instruments.counting import MAC_CONVENTION, count_model, create_model_for_counting, summarize, table_notes
 from analysis.instruments.zoo import published_errors, zoo_table
-from analysis.report.document import Figure, Mode, Section, Table
+from analysis.report.document import Figure, Section, Table, Tier
 from analysis.report.figures import bar_params_macs, stacked_by_grid
 from inception_models import list_models, model_info
 
@@ -25,7 +25,7 @@ def _counts(name: str) -> pd.DataFrame:
     return count_model(create_model_for_counting(name), input_size=size)
 
 
-def zoo_section(mode: Mode, seed: int, results_root: Path | None = None) -> Section:
+def zoo_section(mode: Tier, seed: int, results_root: Path | None = None) -> Section:
     """Every model's parameters and MACs at its native input beside the published figures."""
     table = zoo_table(with_macs=True).merge(published_errors(), on="model", how="left")
     shown = table.drop(columns=["paper", "reference", "error_source"])
@@ -45,7 +45,7 @@ def zoo_section(mode: Mode, seed: int, results_root: Path | None = None) -> Sect
     )
 
 
-def cost_by_grid_section(mode: Mode, seed: int, results_root: Path | None = None) -> Section:
+def cost_by_grid_section(mode: Tier, seed: int, results_root: Path | None = None) -> Section:
     """Where each model spends its MACs and parameters: per output grid size."""
     frames = []
     for name in list_models():
