@@ -93,7 +93,7 @@ def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
     keys = [key for key, _ in report_build.SECTIONS]
-    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
+    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS, "blocks"]
     assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
@@ -234,6 +234,22 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     assert wide.set_index("model").loc["small_inception", "4x4"] == 0.0  # its last stage runs at 8x8
     assert section.tables[0].notes[0].startswith("MACs: fvcore counts one fused multiply-add")
     assert _drawn(section) == ["gmacs_by_grid"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_blocks_appendix_has_one_table_per_model_summing_to_its_total(monkeypatch):
+    from analysis.instruments.counting import count_model, create_model_for_counting, totals
+    from analysis.report.sections import zoo as report_sections
+
+    counts = {"small_inception": count_model(create_model_for_counting("small_inception"), input_size=32)}
+    monkeypatch.setattr(report_sections, "list_models", lambda: ["small_inception"])
+    monkeypatch.setattr(report_sections, "_counts", counts.__getitem__)
+    section = report_sections.blocks_section("quick", 0)
+    (table,) = section.tables
+    assert table.stem == "blocks_small_inception" and not table.inline
+    frame = table.frame.set_index("block")
+    assert frame.loc["(total)", "params"] == 1_651_114 == frame.drop(index="(total)")["params"].sum()
+    assert frame.loc["(total)", "macs"] == totals(counts["small_inception"])["macs"]
 
 
 @pytest.mark.usefixtures("one_thread")

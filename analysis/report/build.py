@@ -57,13 +57,14 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
     ("aux_heads", aux_heads.section),
     ("xception_vs_v3", xception_vs_v3.section),
     ("bn_speedup", bn_speedup.section),
+    ("blocks", zoo.blocks_section),
 ]
 
 # What a default quick report runs, within its 10-minute budget on 2 CPU cores: the counting and the three
 # main experiments. The claims of issue 9 (residual speed-up, label smoothing, aux heads, Xception, BN
 # speed-up) take minutes each even in their quick configs: `inception-lab report --all` adds them.
 QUICK_SECTIONS: tuple[str, ...] = ("zoo", "cost_by_grid", "factorization", "factorization_grid", "dead_units",
-                                   "smoothness")
+                                   "smoothness", "blocks")
 
 
 def render_section(section: Section, folder: Path) -> str:
