@@ -64,6 +64,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.lru_cache(maxsize=1024)  # keyed by the text itself: an edited file is parsed again
 def source_digest(source: str) -> str:
     """A sha256 of the source's syntax tree without positions and docstrings: formatting, comments and
     docstrings do not change it, code does."""
