@@ -18,8 +18,10 @@ from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
 from analysis.experiments.arms import RUN_COLUMNS
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL
+from analysis.experiments.verdict import minimum_detectable_effect
 from analysis.report.document import Section
 from analysis.report.sections import factorization_grid as fg_section
+from analysis.report.tables import render
 from inception_models.small_inception import SMALL_INCEPTION_STAGES, stage_grid_sizes
 
 from helpers import small_inception_params
@@ -169,60 +171,92 @@ def test_claims_in_the_papers_direction():
                   "32px stage 1": [b - 0.01 + 0.005 * (i % 2) for i, b in enumerate(BASE)],
                   "48px none": BASE, "48px stage 1": [b - 0.04 + 0.01 * (i % 3) for i, b in enumerate(BASE)]})
     decided = fg.claims(runs)
-    assert [c.verdict.word for c in decided] == ["supports"] * 3
-    assert [c.experiment for c in decided] == [fg.NAME] * 3 and all(fg.PAPER == c.paper for c in decided)
-    # Claim 1 by hand: (stage 1) - (stage 0) per seed = 0.04 + 0.015 * (i odd); claim 2: 0.05 + 0.01 * (i odd).
-    diffs = np.array([0.04 + 0.015 * (i % 2) for i in range(5)])
-    row = decided[0].verdict.row()
+    assert [c.verdict.word for c in decided] == ["supports"] * 4
+    assert [c.experiment for c in decided] == [fg.NAME] * 4 and all(fg.PAPER == c.paper for c in decided)
+    # Claim 1 by hand: unfactorised - stage 0 per seed = 0.05 + 0.01 * (i odd).
+    assert decided[0].verdict.row()["effect"] == pytest.approx(np.mean([0.05 + 0.01 * (i % 2) for i in range(5)]))
+    # Claim 2: stage 1 - unfactorised + margin = 0.01 + 0.005 * (i odd); its interval is the difference's, shifted.
+    diffs = np.array([-0.01 + 0.005 * (i % 2) for i in range(5)])
     half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
+    row = decided[1].verdict.row()
+    assert row["effect"] == pytest.approx(diffs.mean() + fg.NO_LOSS_MARGIN)
+    assert row["ci_low"] == pytest.approx(diffs.mean() - half + fg.NO_LOSS_MARGIN)
+    assert row["mde"] == pytest.approx(minimum_detectable_effect(diffs.std(ddof=1), 5))  # the margin shifts, not widens
+    # Claim 3: (stage 1) - (stage 0) per seed = 0.04 + 0.015 * (i odd).
+    diffs = np.array([0.04 + 0.015 * (i % 2) for i in range(5)])
+    half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
+    row = decided[2].verdict.row()
     assert row["effect"] == pytest.approx(diffs.mean()) and row["ci_low"] == pytest.approx(diffs.mean() - half)
-    assert decided[1].verdict.row()["effect"] == pytest.approx(np.mean([0.05 + 0.01 * (i % 2) for i in range(5)]))
-    # Claim 3: cost at 16 (-0.01 + 0.005 (i odd)) minus cost at 24 (-0.04 + 0.01 (i mod 3)).
+    # Claim 4: cost at 16 (-0.01 + 0.005 (i odd)) minus cost at 24 (-0.04 + 0.01 (i mod 3)).
     expected = np.mean([(-0.01 + 0.005 * (i % 2)) - (-0.04 + 0.01 * (i % 3)) for i in range(5)])
-    assert decided[2].verdict.row()["effect"] == pytest.approx(expected)
-    assert decided[2].verdict.arms_learned == "20/20"
+    assert decided[3].verdict.row()["effect"] == pytest.approx(expected)
+    assert decided[3].verdict.arms_learned == "20/20"
 
 
-def test_claims_against_the_paper_and_without_effect():
+def test_claims_against_the_paper():
     flipped = _runs({"32px none": [b - 0.06 for b in BASE], "32px stage 0": [b + 0.001 * i for i, b in enumerate(BASE)],
                      "32px stage 1": [b - 0.05 + 0.002 * i for i, b in enumerate(BASE)],
-                     "48px none": BASE, "48px stage 1": [b - 0.02 for b in BASE]})
-    words = [c.verdict.word for c in fg.claims(flipped)]
-    # Stage 1 below stage 0 by 0.05 - 0.001 i, the unfactorised net below stage 0 by 0.06 + 0.001 i: against claims
-    # 1 and 2. Claim 3: the cost at 16 (0.01 + 0.002 i) is above the cost at 24 (-0.02): in the paper's direction.
-    assert words[:2] == ["contradicts", "contradicts"]
+                     "48px none": BASE, "48px stage 1": [b + 0.03 - 0.002 * i for i, b in enumerate(BASE)]})
+    # Stage 0 above the unfactorised net by 0.06 + 0.001 i (claim 1), stage 1 below stage 0 by 0.05 - 0.001 i
+    # (claim 3); claim 2 is in the paper's direction here (stage 1 above the unfactorised net by 0.01 + 0.002 i);
+    # claim 4: the change at 16 (0.01 + 0.002 i) is below the change at 24 (0.03 - 0.002 i).
+    assert [c.verdict.word for c in fg.claims(flipped)] == ["contradicts", "supports", "contradicts", "contradicts"]
+
+
+def test_no_loss_is_decided_against_its_margin_not_against_zero():
+    """A loss of 1 pp +- a little is within a 2 pp margin (supports) and outside a 0.5 pp one (contradicts); a
+    noisy zero difference straddles the margin (no effect detected), never support."""
+    small_loss = _runs({"32px none": BASE, "32px stage 1": [b - 0.01 + 0.001 * (i % 2) for i, b in enumerate(BASE)]})
+    assert fg.claims(small_loss)[1].verdict.word == "supports"
+    assert fg.claims(small_loss, margin=0.005)[1].verdict.word == "contradicts"
+    big_loss = _runs({"32px none": BASE, "32px stage 1": [b - 0.05 + 0.002 * i for i, b in enumerate(BASE)]})
+    assert fg.claims(big_loss)[1].verdict.word == "contradicts"
+    noisy = _runs({"32px none": BASE, "32px stage 1": [b + d for b, d in zip(BASE, [0.03, -0.04, 0.02, -0.03, 0.0])]})
+    row = fg.claims(noisy)[1].verdict.row()
+    assert row["verdict"] == "no effect detected" and row["ci_low"] < 0 < row["ci_high"]
+    assert row["effect"] == pytest.approx(np.mean([0.03, -0.04, 0.02, -0.03, 0.0]) + fg.NO_LOSS_MARGIN)
+
+
+def test_claims_without_effect():
     noisy = _runs({"32px none": BASE, "32px stage 0": [b + d for b, d in zip(BASE, [0.02, -0.02, 0.01, -0.01, 0.0])],
-                   "32px stage 1": BASE, "48px none": BASE,
-                   "48px stage 1": [b + d for b, d in zip(BASE, [0.01, -0.02, 0.02, -0.01, 0.0])]})
+                   "32px stage 1": [b + d for b, d in zip(BASE, [0.04, -0.05, 0.03, -0.04, 0.02])],
+                   "48px none": BASE,
+                   "48px stage 1": [b + d - 0.02 for b, d in zip(BASE, [0.02, -0.01, 0.01, -0.02, 0.0])]})
     for claim in fg.claims(noisy):
-        assert claim.verdict.word == "no effect detected"
+        assert claim.verdict.word == "no effect detected", claim.claim
         row = claim.verdict.row()
         assert row["ci_low"] < 0 < row["ci_high"] and row["mde"] > 0
-    assert fg.claims(flipped)[2].verdict.word == "supports"
 
 
 def test_an_arm_that_did_not_learn_makes_its_claims_not_tested():
     runs = _runs({arm: BASE for arm in ARMS}, failed={"48px none": [3]})
     decided = fg.claims(runs)
-    assert [c.verdict.word for c in decided] == ["no effect detected", "no effect detected", "not tested"]
-    assert decided[2].verdict.reason == "did not pass the learnability gate: 48px none in seed 3"
-    assert decided[2].verdict.arms_learned == "19/20"
+    # Equal arms: no effect on claims 1 and 3; claim 2 (loss 0, margin 2 pp, no spread) supports; 4 is gated.
+    assert [c.verdict.word for c in decided] == ["no effect detected", "supports", "no effect detected",
+                                                 "not tested"]
+    assert decided[3].verdict.reason == "did not pass the learnability gate: 48px none in seed 3"
+    assert decided[3].verdict.arms_learned == "19/20"
+    gated = fg.claims(_runs({arm: BASE for arm in ARMS}, failed={"32px stage 1": [0, 2]}))
+    assert [c.verdict.word for c in gated] == ["no effect detected", "not tested", "not tested", "not tested"]
+    assert gated[1].verdict.reason == "did not pass the learnability gate: 32px stage 1 in seeds 0, 2"
     missing = fg.claims(_runs({arm: BASE for arm in ARMS[:3]}))
-    assert missing[2].verdict.word == "not tested" and "48px stage 1, 48px none" in missing[2].verdict.reason
+    assert missing[3].verdict.word == "not tested" and "48px stage 1, 48px none" in missing[3].verdict.reason
 
 
 def test_arm_table_costs_are_paired_intervals():
     stage0 = [b - d for b, d in zip(BASE, [0.03, 0.05, 0.04, 0.06, 0.02])]
     runs = _runs({"32px none": BASE, "32px stage 0": stage0})
-    cost = pd.DataFrame({"arm": ["32px none", "32px stage 0"], "params": [10, 9], "macs": [100, 90]})
+    cost = pd.DataFrame({"arm": ["32px none", "32px stage 0"], "params": [10, 9], "macs": [100, 80]})
     table = fg.arm_table(runs, cost)
     assert list(table.columns) == fg.ARM_COLUMNS and table["arm"].tolist() == ["32px none", "32px stage 0"]
     row = table.iloc[1]
     diffs = np.array(stage0) - np.array(BASE)
     half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
     assert row["cost"] == pytest.approx(-0.04) and row["cost_high"] == pytest.approx(-0.04 + half)
-    assert (row["learned"], row["params"], row["macs"], row["grid"]) == ("5/5", 9, 90, 32)
+    assert (row["learned"], row["params"], row["macs"], row["grid"]) == ("5/5", 9, 80, 32)
+    assert (row["params_ratio"], row["macs_ratio"]) == (pytest.approx(0.9), pytest.approx(0.8))
     assert math.isnan(table.iloc[0]["cost"]) and pd.isna(table.iloc[0]["grid"])
+    assert table.iloc[0]["macs_ratio"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------- the section
@@ -236,15 +270,39 @@ def test_section_renders_with_its_claims(tiny_run, monkeypatch):
     assert isinstance(section, Section)
     expected = fg.claims(fg.run_table(results))
     summary = lambda claims: [(c.claim, c.measure, c.verdict.word, c.verdict.arms_learned) for c in claims]  # noqa
-    assert summary(section.claims) == summary(expected) and len(expected) == 3
+    assert summary(section.claims) == summary(expected) and len(expected) == 4
     assert all(c.verdict.word in ("supports", "contradicts", "no effect detected", "not tested")
                for c in section.claims)
-    shown = section.tables[0].frame
-    assert shown["arm"].tolist() == ARMS and "MACs (M)" in shown and "95% CI (pp)" in shown
-    assert section.tables[1].frame["chosen lr"].notna().all()  # the tuning table
+    assert all(f"({i}) {c.claim}: {c.verdict.word}" in section.verdict for i, c in enumerate(expected, 1))
+    arms = section.tables[0]
+    assert arms.frame["arm"].tolist() == ARMS and arms.columns is fg_section.ARM_DISPLAY
+    rendered = render(arms.frame, "markdown", columns=arms.columns)
+    assert "MACs / unfact." in rendered and "Change vs unfact. (pp) [95% CI]" in rendered and "| none" in rendered
+    tuning = section.tables[1]
+    assert tuning.frame["chosen"].notna().all() and "Test acc. at lr 0.01 (%)" in render(
+        tuning.frame, "markdown", columns=tuning.columns)
     assert not section.tables[-1].inline and len(section.tables[-1].frame) == 20
     assert "width 0.125" in section.text and "2 steps" in section.text and "smoke test" in section.text
+    assert "non-inferiority" in section.text and "28%" in section.text
     for figure in section.figures:
         drawn = figure.draw()
         assert isinstance(drawn, plt.Figure) and drawn.axes
         plt.close(drawn)
+
+
+def test_the_figure_plots_ratios_and_marks_chance(tiny_run):
+    """The cost panel is a ratio (0-1.1, linear), with no 12-20 shading; the accuracy panel has a chance line."""
+    import matplotlib.pyplot as plt
+
+    _, results = tiny_run
+    runs = fg.run_table(results)
+    arms = fg.arm_table(runs, fg.costs(TINY))
+    fig = fg_section._grid_figure(runs, arms, fg.NO_LOSS_MARGIN)
+    accuracy, change, saving = fig.axes
+    assert any(line.get_ydata()[0] == pytest.approx(10.0) for line in accuracy.get_lines())  # chance, in %
+    assert saving.get_yscale() == "linear" and saving.get_ylim() == (0, 1.1)
+    plotted = np.concatenate([c.get_offsets()[:, 1] for c in saving.collections])
+    assert np.all((plotted > 0) & (plotted < 1))
+    assert not [p for ax in fig.axes for p in ax.patches if type(p).__name__ == "Polygon"]  # no axvspan band
+    assert any(line.get_ydata()[0] == pytest.approx(-100 * fg.NO_LOSS_MARGIN) for line in change.get_lines())
+    plt.close(fig)
