@@ -43,10 +43,13 @@ def test_tiers_share_keys_and_hold_the_claims_arms():
     assert set(fg.CONFIGS) == {"quick", "standard", "full"}
     assert set(fg.CONFIGS["quick"]) == set(fg.CONFIGS["standard"]) == set(fg.CONFIGS["full"])
     for config in fg.CONFIGS.values():
-        assert {fg.MEDIUM, fg.EARLY, fg.LARGE} <= set(config["factorized"])
+        assert {fg.MEDIUM, fg.EARLY} <= set(config["factorized"])
         assert config["branch_kernel"] >= 5  # the paper's n >= 5, not the 3x3
     standard = fg.CONFIGS["standard"]
     assert standard["seeds"] >= 5 and len(standard["lrs"]) >= 2
+    assert fg.LARGE in fg.CONFIGS["quick"]["factorized"] and fg.LARGE in fg.CONFIGS["full"]["factorized"]
+    full_grids = {stage_grid_sizes(size)[stage] for size, stage in fg.CONFIGS["full"]["factorized"]}
+    assert min(full_grids) == 8 and max(full_grids) == 64 and {12, 16} <= full_grids
     assert {k: standard[k] for k in CPU_QUICK} == CPU_QUICK
     assert {k: fg.CONFIGS["full"][k] for k in GPU_FULL} == GPU_FULL
     assert load_experiment("factorization_grid") is fg

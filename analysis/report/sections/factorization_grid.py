@@ -18,6 +18,7 @@ import seaborn as sns
 
 from analysis.experiments.factorization_grid import (
     CONFIGS,
+    LARGE,
     NAME,
     NO_LOSS_MARGIN,
     PAPER_GRID_RANGE,
@@ -187,7 +188,10 @@ def _text(config: dict[str, Any], mode: str, seed: int, arms: pd.DataFrame) -> s
         "unfactorised net at the same input. They are this net's: its 1 x n and n x 1 convs both have the "
         "branch's output width, so a branch saves 1 - 2/n of its weights only where its input and output widths "
         "agree (the same proviso as the 28% saving of a 5x5 replaced by two 3x3, which holds for equal widths). "
-        "Each claim's measure is signed so that positive is the paper's direction. The numbers of one seed differ "
+        + ("" if LARGE in {tuple(pair) for pair in config["factorized"]} else
+           f"This tier runs no {LARGE[0]} px arms (they would more than double its cost), so claim 4, grid size "
+           "against depth, is not tested here; the full tier decides it. ")
+        + "Each claim's measure is signed so that positive is the paper's direction. The numbers of one seed differ "
         "between CPUs (other kernels, another trajectory); the verdicts rest on the paired intervals, not on one "
         "run. "
         f"{'This tier is a smoke test: its verdicts are not evidence.' if mode == 'quick' else ''}"
