@@ -127,7 +127,7 @@ def _grid_figure(runs: pd.DataFrame, arms: pd.DataFrame, margin: float) -> Any:
                             xytext=(6, 0), textcoords="offset points", fontsize="x-small", va="center")
     middle.set_ylabel("accuracy change from factorising (pp)")
     middle.set_title("accuracy: factorised - unfactorised, paired by seed")
-    middle.legend(fontsize="x-small", loc="lower left")
+    middle.legend(fontsize="x-small", loc="best")
 
     for size in sizes:
         mine = factorised[factorised["image_size"] == size]
@@ -143,6 +143,7 @@ def _grid_figure(runs: pd.DataFrame, arms: pd.DataFrame, margin: float) -> Any:
     for ax in (middle, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(grids, [f"{g}x{g}" for g in grids])
+        ax.set_xlim(min(grids) / 1.4, max(grids) * 1.4)  # room for the edge points and their labels
         ax.minorticks_off()
         ax.set_xlabel("grid of the factorised stage (m x m)")
     fig.tight_layout()
