@@ -93,7 +93,7 @@ def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
     keys = [key for key, _ in report_build.SECTIONS]
-    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS, "blocks"]
+    assert keys == ["zoo", "cost_by_grid", "factorization", "design_principles", *EXPERIMENTS, "blocks"]
     assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
@@ -272,7 +272,7 @@ def test_factorization_section_on_one_small_study(monkeypatch):
     assert section.tables[2].notes[1:] == ["inception_v3 (defaults): as released",
                                            "inception_v3 factorize_a=False: 5x5 back"]
     assert at_17.set_index(["scheme", "n", "form"]).loc[("nxn->1xn+nx1", 7, "factorized"), "ratio"] == 2 / 7
-    assert _drawn(section) == ["factorization_saving_by_grid"]
+    assert _drawn(section) == ["factorization_ratio_by_grid"]
     broken = study.assign(exact=[True] * (len(study) - 1) + [False])
     monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: broken)
     with pytest.raises(RuntimeError, match="differs from its closed form"):
