@@ -44,7 +44,7 @@ ARM_DISPLAY = {
     "arm": Column("Arm"),
     "image_size": Column("Input (px)"),
     "stage_shown": Column("Factorised stage"),
-    "grid": Column("Grid (m x m)"),
+    "grid": Column("Grid side m"),
     "params": Column("Params (k)", digits=1, scale=1e-3),
     "params_ratio": Column("Params / unfact.", digits=3),
     "macs": Column("MACs (M)", digits=2, scale=1e-6),
