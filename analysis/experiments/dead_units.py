@@ -336,7 +336,8 @@ def plan(runs: pd.DataFrame, config: Mapping[str, Any]) -> Plan:
         below = unscaled[unscaled["lr"] < strained]
         if len(below):
             lower = choose_rates(below)[arm_name(config["wide"], 1.0)]
-    return Plan(rates, strained, lower, float(runs.attrs.get("death_threshold", death_threshold(runs, config))))
+    threshold = runs.attrs.get("death_threshold")
+    return Plan(rates, strained, lower, float(death_threshold(runs, config) if threshold is None else threshold))
 
 
 # ================================================================================================== tables

@@ -30,6 +30,7 @@ from analysis.experiments.runner import RESULTS_ROOT, default_results_dir, num_c
 from analysis.experiments.verdict import learnability_gate
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import band_lines, category_grid
+from analysis.report.tables import Column
 
 __all__ = ["section"]
 
@@ -38,6 +39,25 @@ RUN_TABLE_COLUMNS = ["stage", "arm", "width", "scale", "prepool_bn", "lr", "seed
                      "final_val_accuracy", "best_val_accuracy", "learned", "trained", "final_dead_fraction",
                      "max_dead_fraction", "eval_dead_fraction", "first_dead_step", "accuracy_at_death", "max_loss",
                      "spiked", "died", "unstable", "diverged", "diverged_step", "final_val_loss", "cpu_s"]
+
+
+# How the two inline tables read (headers with units, one precision per column).
+SUMMARY_COLUMNS = {
+    "condition": Column("Condition"), "arm": Column("Arm (width, scale)"), "lr": Column("Rate", digits=3),
+    "seeds": Column("Seeds"), "learned": Column("Learned"), "trained stably": Column("Trained stably"),
+    "died": Column("Died"), "unstable": Column("Unstable"), "diverged": Column("Diverged"),
+    "final dead fraction": Column("Final dead (%)", digits=1, scale=100, best="min"),
+    "max dead fraction": Column("Peak dead (%)", digits=1, scale=100),
+    "eval-mode dead fraction": Column("Eval-mode dead (%)", digits=1, scale=100),
+    "final val accuracy": Column("Final val. acc. (%)", digits=1, scale=100, best="max"),
+    "accuracy at death": Column("Acc. at death (%)", digits=1, scale=100),
+}
+FRONTIER_COLUMNS = {
+    "arm": Column("Arm"), "width": Column("Pre-pool width (ch.)"), "scale": Column("Residual scale", digits=1),
+    "extra BN": Column("Extra BN"), "largest stable lr": Column("Largest stable rate", digits=3),
+    "first unstable lr": Column("First unstable rate", digits=3), "died at lr": Column("Died at rate(s)"),
+    "best final accuracy": Column("Best final val. acc. (%)", digits=1, scale=100, best="max"),
+}
 
 
 def _facet(row: pd.Series) -> str:
@@ -159,10 +179,12 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
     return Section(
         title="Residual scaling and dying wide layers (Inception-v4, sec. 3.3)",
         text=_text({**config, "tier": mode}, runs, the_plan, claim_rows),
-        tables=[Table("dead_units_summary", "Death rates over the seeded runs, per condition and arm", summary, notes),
+        tables=[Table("dead_units_summary", "Death rates over the seeded runs, per condition and arm", summary, notes,
+                      columns=SUMMARY_COLUMNS),
                 Table("dead_units_frontier", "Stability frontier of the phase sweep: the largest rate of the ladder "
                       "at which each arm trained stably (one tuning seed)", frontier,
-                      ["largest stable lr blank: the arm trained stably at no rate of the ladder"]),
+                      ["largest stable lr blank: the arm trained stably at no rate of the ladder"],
+                      columns=FRONTIER_COLUMNS),
                 Table("dead_units_runs", "Every run (tuning and seeded)", per_run, inline=False),
                 Table("dead_units_curves", "Every logged step of every run", steps, inline=False)],
         figures=figures,
