@@ -127,7 +127,11 @@ def _text(config: Mapping[str, Any], runs: pd.DataFrame, the_plan: Plan, claim_r
         f"narrow ({min(config['widths'])}-wide) tuning run that learned showed, floored at {config['dead_floor']}. "
         f"Unstable: a training-batch or validation loss above {runs.attrs.get('spike_level', math.nan):.2f} "
         f"({config['spike_factor']:g} x ln {classes}), or a NaN loss. Trained stably: final validation accuracy >= "
-        f"{gate:.2f} (the gate, 3 x chance), no death, no instability. " + regime,
+        f"{gate:.2f} (the gate, 3 x chance), no death, no instability. " + regime +
+        f"This tier trains {config['steps']} steps per run, two orders of magnitude short of the paper's 'few tens "
+        "of thousands of iterations' (the `full` tier's 30,000 steps on a GPU is the paper's regime). Per-run "
+        "numbers move in the second digit between CPUs (different kernels change the trajectory); the verdicts "
+        "rest on paired seeds and counts, which a re-run elsewhere should reproduce.",
         "",
     ]
     lines += [f"- **{c.claim}** ({c.measure}): {c.verdict.describe('trained stably' if 'stably' in c.measure else 'dead fraction')}"
@@ -161,13 +165,15 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                "width grows, and where scaling moves that edge.", lambda: _phase_figure(runs)),
         Figure("dead_units_dead_fraction", f"Pre-pool dead fraction over training (train-mode windows), mean over "
                f"{config['seeds']} seeds with the min-max band, per seeded condition; the dotted line is the 'died' "
-               f"threshold {threshold:.3f}.",
+               f"threshold {threshold:.3f}. A line that ends above it is a layer that died; where the unscaled wide net's "
+               "line rises and the scaled one stays flat, scaling kept the layer alive.",
                lambda: band_lines(dead, x="step", y="dead_fraction", hue="run", col="condition",
                                   title="Dead fraction of the pre-pool layer", xlabel="training step",
                                   ylabel="dead fraction", hlines={"died threshold": threshold}, sharey=True)),
         Figure("dead_units_accuracy", f"Validation accuracy over training, mean over {config['seeds']} seeds with the "
                f"min-max band, per seeded condition; dotted lines: chance ({chance:.2f}) and the learnability gate "
-               f"({gate:.2f}).",
+               f"({gate:.2f}). Read with the dead-fraction figure: a net that passed the gate and then fell back "
+               "learned before it died; one that never passed it failed to learn at that rate.",
                lambda: band_lines(accuracy, x="step", y="accuracy", hue="run", col="condition",
                                   title="Validation accuracy", xlabel="training step", ylabel="validation accuracy",
                                   hlines={"chance": chance, "gate": gate}, sharey=True)),
