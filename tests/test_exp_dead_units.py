@@ -58,7 +58,7 @@ def test_run_schema_outcomes_and_resume(tmp_path, monkeypatch):
     assert len(runs[runs["stage"] == "tune"]) == (2 * 2 + 1) * 2  # (widths x scales + extra BN) x rates
     assert list(runs.columns)[-len(du.RUN_EXTRA_COLUMNS):] == du.RUN_EXTRA_COLUMNS
     assert set(runs["outcome"]) <= set(du.OUTCOMES) and runs["final_dead_fraction"].between(0, 1).all()
-    assert set(runs["width"]) == {16, 32} and runs["prepool_bn"].sum() == 2
+    assert set(runs["width"]) == {16, 32} and runs[runs["stage"] == "tune"]["prepool_bn"].sum() == 2
     assert runs.attrs["death_threshold"] >= TINY["dead_floor"]
     assert len(du.claims(runs, TINY)) == 4
 

@@ -41,7 +41,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.experiments.arms import Arm, choose_rates, run_arms, summarise_runs
+from analysis.experiments.arms import RUN_COLUMNS, Arm, choose_rates, run_arms, summarise_runs
 from analysis.experiments.runner import (
     CPU_QUICK,
     GPU_FULL,
@@ -104,17 +104,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
         dead_floor=0.05, spike_factor=3.0,
         **CPU_QUICK,
     ),
-    # Decides the claims. Cost (CPU seconds measured with one thread per run: ~0.05 CPU-s per step at 75 px, the
-    # width barely matters at the 1x1 last grid, so ~24 CPU-s per 400-step run with its evaluations): the phase
-    # sweep is (3 widths x 3 scales + the extra-BN arm) x 3 rates = 30 runs; the seeded stages are 4-6 distinct
-    # (arm, rate) conditions x 5 seeds = 20-30 runs (the lower rate is usually the unscaled arm's tuned rate, run
-    # once). Typically 55 runs ~ 1,320 CPU-s ~ 11 min wall on 2 idle cores with two one-thread workers; at most 60
-    # runs ~ 1,440 CPU-s ~ 12 min. Calibration (one seed, 400 steps, SGD momentum 0.9, constant rate): the wide
-    # unscaled net learns at 0.005 (0.67 at 1,024 filters, 0.28 at 2,048) and fails at 0.01 (0.23 / 0.12); scaled
-    # x0.1 it learns at 0.01 (2,048: 0.63) and 0.02 (1,024: 0.41): so the ladder 0.005-0.02 holds the edge where
-    # the unscaled wide net stops training and the scaled one does not, and r* should fall at 0.01 for 1,024
-    # filters (above the paper's 1,000; 2,048 is in the phase sweep). Deaths appeared only at 0.05, where no net
-    # learns within this budget, so that rate is left out.
+    # Decides the claims. Cost, measured with one thread per run (process CPU time, evaluations and the eval-mode
+    # dead pass included): 23.5 CPU-s per 400-step run at 1,024 filters (26.8 for a worker's first run, imports
+    # included; the width barely matters at the 1x1 last grid). The phase sweep is (3 widths x 3 scales + the extra-BN arm) x 3 rates = 30 runs; the seeded
+    # stages are 4-6 distinct (arm, rate) conditions x 5 seeds = 20-30 runs (the lower rate is usually the
+    # unscaled arm's tuned rate, run once). Typically 55 runs ~ 1,300 CPU-s ~ 11 min wall on 2 idle cores with two
+    # one-thread workers; at most 60 runs ~ 1,410 CPU-s ~ 12 min. Calibration (tuning seed, 400 steps, SGD
+    # momentum 0.9, constant rate): at lr 0.01 the 1,024-wide unscaled net does not learn (0.14, max loss 5.1)
+    # and scaled x0.1 it trains (0.76, no dead channel); an earlier session measured that the unscaled wide net
+    # learns at 0.005 (0.67 at 1,024, 0.28 at 2,048) and scaled x0.1 at 0.02 (1,024: 0.41). So the ladder
+    # 0.005-0.02 holds the edge, r* should fall at 0.01 for 1,024 filters (above the paper's 1,000; 2,048 is in
+    # the phase sweep) with 0.005 as the lower rate. Deaths appeared only at 0.05, where no net learns within
+    # this budget, so that rate is left out.
     "standard": dict(
         variant="v2", widths=(256, 1024, 2048), wide=1024, scales=(1.0, 0.3, 0.1), scaled=0.1,
         lrs=(0.005, 0.01, 0.02), seed=0, seeds=5,
@@ -302,7 +303,7 @@ def summarise(results: pd.DataFrame, config: Mapping[str, Any], threshold: float
                    TRAINED if trained else NOT_LEARNED)
         rows.append({"first_dead_step": first_dead, "accuracy_at_death": float(before.max()) if len(before) else math.nan,
                      "spiked": spiked, "died": died, "unstable": unstable, "trained": trained, "outcome": outcome})
-    out = pd.concat([runs, pd.DataFrame(rows, index=runs.index)], axis=1)
+    out = pd.concat([runs, pd.DataFrame(rows, index=runs.index)], axis=1)[RUN_COLUMNS + RUN_EXTRA_COLUMNS]
     out["first_dead_step"] = out["first_dead_step"].astype("Int64")
     out.attrs.update(death_threshold=level, spike_level=spike)
     return out
