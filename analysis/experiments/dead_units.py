@@ -106,10 +106,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
     # Decides the claims. Cost, measured with one thread per run (process CPU time, evaluations and the eval-mode
     # dead pass included): 23.5 CPU-s per 400-step run at 1,024 filters (26.8 for a worker's first run, imports
-    # included; the width barely matters at the 1x1 last grid). The phase sweep is (3 widths x 3 scales + the extra-BN arm) x 3 rates = 30 runs; the seeded
-    # stages are 4-6 distinct (arm, rate) conditions x 5 seeds = 20-30 runs (the lower rate is usually the
-    # unscaled arm's tuned rate, run once). Typically 55 runs ~ 1,300 CPU-s ~ 11 min wall on 2 idle cores with two
-    # one-thread workers; at most 60 runs ~ 1,410 CPU-s ~ 12 min. Calibration (tuning seed, 400 steps, SGD
+    # included; the width barely matters at the 1x1 last grid). The phase sweep is (3 widths x 3 scales + the
+    # extra-BN arm) x 3 rates = 30 runs; the seeded stages are 4-6 distinct (arm, rate) conditions x 5 seeds =
+    # 20-30 runs (the lower rate is usually the unscaled arm's tuned rate, run once). Typically 55 runs ~ 1,300
+    # CPU-s ~ 11 min wall on 2 idle cores with two one-thread workers; at most 60 runs ~ 1,410 CPU-s ~ 12 min. Calibration (tuning seed, 400 steps, SGD
     # momentum 0.9, constant rate): at lr 0.01 the 1,024-wide unscaled net does not learn (0.14, max loss 5.1)
     # and scaled x0.1 it trains (0.76, no dead channel); an earlier session measured that the unscaled wide net
     # learns at 0.005 (0.67 at 1,024, 0.28 at 2,048) and scaled x0.1 at 0.02 (1,024: 0.41). So the ladder
@@ -301,7 +301,8 @@ def summarise(results: pd.DataFrame, config: Mapping[str, Any], threshold: float
         trained = bool(not died and not unstable and row["final_val_accuracy"] >= row["gate"])
         outcome = (DIVERGED if row["diverged"] else DIED if died else UNSTABLE if spiked else
                    TRAINED if trained else NOT_LEARNED)
-        rows.append({"first_dead_step": first_dead, "accuracy_at_death": float(before.max()) if len(before) else math.nan,
+        at_death = float(before.max()) if len(before) else math.nan
+        rows.append({"first_dead_step": first_dead, "accuracy_at_death": at_death,
                      "spiked": spiked, "died": died, "unstable": unstable, "trained": trained, "outcome": outcome})
     out = pd.concat([runs, pd.DataFrame(rows, index=runs.index)], axis=1)[RUN_COLUMNS + RUN_EXTRA_COLUMNS]
     out["first_dead_step"] = out["first_dead_step"].astype("Int64")

@@ -99,10 +99,12 @@ def _text(config: Mapping[str, Any], runs: pd.DataFrame, the_plan: Plan, claim_r
     regime = (f"In the phase sweep {len(died)} of {len(tune)} runs died (at lr {died_at}); "
               f"{len(died_learned)} of them had learned first (validation accuracy >= the gate before the "
               "layer died). ")
+    if len(died) == 0:
+        regime = "No run of the phase sweep died. "
     if len(died_learned) == 0:
-        regime += ("So this tier reaches an early collapse at high rates, not the paper's regime (a net that learns "
-                   "and then dies after tens of thousands of steps); what it does reach is a width-dependent "
-                   "instability: the largest rate at which a net trains stably falls as the pre-pool layer widens. ")
+        regime += ("So this tier does not reach the paper's regime (a net that learns and then dies after tens of "
+                   "thousands of steps); what it can show is a width-dependent instability: whether the largest "
+                   "rate at which a net trains stably falls as the pre-pool layer widens (the frontier table). ")
     lines = [
         "Inception-v4 paper, sec. 3.3: with more than 1000 filters the residual variants 'died' (the last layer "
         "before average pooling produced only zeros after a few tens of thousands of iterations); a lower learning "
@@ -134,7 +136,8 @@ def _text(config: Mapping[str, Any], runs: pd.DataFrame, the_plan: Plan, claim_r
         "rest on paired seeds and counts, which a re-run elsewhere should reproduce.",
         "",
     ]
-    lines += [f"- **{c.claim}** ({c.measure}): {c.verdict.describe('trained stably' if 'stably' in c.measure else 'dead fraction')}"
+    lines += [f"- **{c.claim}** ({c.measure}): "
+              f"{c.verdict.describe('trained stably' if 'stably' in c.measure else 'dead fraction')}"
               for c in claim_rows]
     return "\n".join(lines)
 
@@ -165,8 +168,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                "width grows, and where scaling moves that edge.", lambda: _phase_figure(runs)),
         Figure("dead_units_dead_fraction", f"Pre-pool dead fraction over training (train-mode windows), mean over "
                f"{config['seeds']} seeds with the min-max band, per seeded condition; the dotted line is the 'died' "
-               f"threshold {threshold:.3f}. A line that ends above it is a layer that died; where the unscaled wide net's "
-               "line rises and the scaled one stays flat, scaling kept the layer alive.",
+               f"threshold {threshold:.3f}. A line that ends above it is a layer that died; where the unscaled wide "
+               "net's line rises and the scaled one stays flat, scaling kept the layer alive.",
                lambda: band_lines(dead, x="step", y="dead_fraction", hue="run", col="condition",
                                   title="Dead fraction of the pre-pool layer", xlabel="training step",
                                   ylabel="dead fraction", hlines={"died threshold": threshold}, sharey=True)),
