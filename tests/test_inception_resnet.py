@@ -110,7 +110,7 @@ def test_registry_metadata():
         assert info.year == 2016 and info.input_size == 299 and info.min_input_size == 75
         assert "Impact of Residual Connections" in info.paper
         for knob in ("num_classes", "in_chans", "drop_rate", "norm", "width_mult", "residual_scale",
-                     "block_counts", "residual", "final_width"):
+                     "block_counts", "residual", "final_width", "prepool_bn"):
             assert knob in info.knobs
     assert model_info("inception_resnet_v2").reference_source.startswith("timm")
     assert "facenet" in model_info("inception_resnet_v1").reference_source

@@ -93,8 +93,8 @@ _COMMON_KEYS = ("n_train", "n_val", "image_size", "difficulty", "steps", "batch_
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # A smoke test: two widths, unscaled and x0.1, the extra BN, two rates, two seeds, 60 steps on 640 images.
-    # Measured: 18 runs, 58 CPU-s of training (~3.2 CPU-s a run), about 35 s wall on 2 idle cores. Its verdicts
-    # are not evidence (nothing learns in 60 steps).
+    # Measured: 18 runs, ~3.2 CPU-s of training each; ~105 CPU-s in all (worker processes, imports and data
+    # included), so about 55 s wall on 2 idle cores. Its verdicts are not evidence (nothing learns in 60 steps).
     "quick": dict(
         variant="v2", widths=(256, 1024), wide=1024, scales=(1.0, 0.1), scaled=0.1,
         lrs=(0.01, 0.05), seed=0, seeds=2,
