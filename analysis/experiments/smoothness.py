@@ -274,11 +274,10 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     for col in ("loss_range", "grad_pred_max", "beta_eff", "hessian_top", "shift", "cosine", "layer"):
         if col not in frame:
             frame[col] = math.nan
-    measures = _per_run_measures(frame)
     parts = []
-    for rate, part in frame.groupby("rate", sort=False):
+    for rate, part in frame.groupby("rate", sort=False):  # a run both settings share appears in each
         runs = summarise_runs(part).assign(rate=rate)
-        parts.append(runs.join(measures, on="point_id"))
+        parts.append(runs.join(_per_run_measures(part), on="point_id"))
     table = pd.concat(parts, ignore_index=True)
     table["probes"] = table["probes"].fillna(0).astype(int)
     return table.reindex(columns=RUN_SUMMARY_COLUMNS)
@@ -329,16 +328,16 @@ CLAIMS: tuple[tuple[str, str, str, str, str, str, bool], ...] = (
      "loss_range", "shared", False),
     ("BN improves gradient predictiveness", f"{PAPER}, sec. 3.1, Fig. 4b",
      "With BN the gradient changes less along the gradient direction.",
-     "no-BN - BN median max ||g - grad L(w - eta g)||, shared rate", "grad_pred_max", "shared", False),
+     "no-BN - BN median of max_eta l2(g - grad L(w - eta g)), shared rate", "grad_pred_max", "shared", False),
     ("BN lowers effective beta-smoothness", f"{PAPER}, sec. 3.1, Fig. 4c",
      "With BN the effective beta-smoothness of the loss is lower.",
-     "no-BN - BN median max ||g - grad L(w - eta g)|| / ||eta g||, shared rate", "beta_eff", "shared", False),
+     "no-BN - BN median of max_eta l2(g - grad L(w - eta g)) / l2(eta g), shared rate", "beta_eff", "shared", False),
     ("BN lowers effective beta-smoothness at each arm's own best rate", f"{PAPER}, sec. 3.1, Fig. 4c",
      "With BN the effective beta-smoothness is lower, each network at its own tuned rate.",
      "no-BN - BN median effective beta, own best rates", "beta_eff", "own", False),
     ("BN does not reduce internal covariate shift (l2)", f"{PAPER}, sec. 2.2, Def. 2.1, Fig. 5",
-     "BN does not reduce ICS: ||G - G'|| is no smaller with BN.",
-     "BN - no-BN median ||G - G'|| (layer mean), shared rate", "ics_shift", "shared", True),
+     "BN does not reduce ICS: the l2 norm of G - G' is no smaller with BN.",
+     "BN - no-BN median l2(G - G') (layer mean), shared rate", "ics_shift", "shared", True),
     ("BN does not reduce internal covariate shift (cosine)", f"{PAPER}, sec. 2.2, Def. 2.1, Fig. 5",
      "BN does not reduce ICS: cos(G, G') is no higher with BN.",
      "no-BN - BN median cos(G, G') (layer mean), shared rate", "ics_cosine", "shared", False),
