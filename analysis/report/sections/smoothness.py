@@ -93,7 +93,8 @@ def _panels(data: pd.DataFrame, y: str, title: str, ylabel: str, *, logy: bool =
 
 def _figures(frame: pd.DataFrame, runs: pd.DataFrame, config: Mapping[str, Any]) -> list[Figure]:
     titles = _rate_titles(runs)
-    data = _labelled(curves(frame), titles)
+    order = {"shared": 0, "own": 1}  # the paper's setting in the first panel
+    data = _labelled(curves(frame), titles).sort_values("rate", key=lambda r: r.map(order), kind="stable")
     val = data[data["record"] == "val"]
     probe = data[data["record"] == "probe"]
     ics = data[data["record"] == "ics"]
@@ -132,7 +133,8 @@ def _figures(frame: pd.DataFrame, runs: pd.DataFrame, config: Mapping[str, Any])
                                "max ||Δg|| / ||ηg|| (1/step length)", logy=True)),
         Figure("smoothness_hessian",
                f"Top Hessian eigenvalue lambda_max (power iteration on the step's minibatch, {config['eigen_iters']} "
-               f"iterations) along training at the shared rate ({spread}). The dotted line is {rule} = {limit:g}, "
+               f"iterations; of largest magnitude, so negative where the curvature is) along training at the shared "
+               f"rate ({spread}). The dotted line is {rule} = {limit:g}, "
                "where gradient descent with this rate and momentum stops being stable: a curve that rises to it and "
                "stays there is sharpness set by the step size (the edge of stability), not by the network.",
                lambda: _panels(shared, "hessian_top", "Top Hessian eigenvalue, shared rate", "λ_max of the loss",
