@@ -122,7 +122,8 @@ def test_no_bn_arm_starts_from_the_bn_arms_weights_and_the_data_init():
     assert torch.equal(none.fc.weight, bn.fc.weight) and not torch.equal(plain.fc.weight, bn.fc.weight)
     conv = next(m for m in none.modules() if isinstance(m, nn.Conv2d))
     seen = []
-    hook = conv.register_forward_hook(lambda module, inputs, output: seen.append(output.clone()))  # before an in-place ReLU
+    # clone: the ReLU after the conv works in place
+    hook = conv.register_forward_hook(lambda module, inputs, output: seen.append(output.clone()))
     with torch.no_grad():
         none(images[:256])
     hook.remove()

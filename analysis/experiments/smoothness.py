@@ -68,6 +68,7 @@ __all__ = [
 
 NAME = "smoothness"
 TREATED, BASELINE = "bn", "none"  # every verdict compares these two
+ARMS = ("bn", "none", "noisy_bn")  # the arms a config may list (:func:`arms`)
 LABELS = {"bn": "BN", "none": "no BN", "noisy_bn": "noisy BN"}
 RATE_LABELS = {"shared": "shared rate", "own": "own best rate"}
 
@@ -183,11 +184,10 @@ def arms(config: Mapping[str, Any]) -> list[Arm]:
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; use some of {sorted(known)}")
     if not {TREATED, BASELINE} <= set(config["arms"]):
-        raise ValueError(f"arms must include {TREATED!r} and {BASELINE!r} (the comparison), got {tuple(config['arms'])}")
+        raise ValueError(f"arms must include {TREATED!r} and {BASELINE!r} (the comparison), "
+                         f"got {tuple(config['arms'])}")
     return [known[a] for a in config["arms"]]
 
-
-ARMS = ("bn", "none", "noisy_bn")
 
 
 def _check(config: Mapping[str, Any]) -> None:

@@ -121,12 +121,14 @@ def _figures(frame: pd.DataFrame, runs: pd.DataFrame, config: Mapping[str, Any])
                lambda: _panels(probe, "loss_range", "Loss variation along the gradient",
                                "range of L(w − ηg) over η (nats)", logy=True)),
         Figure("smoothness_grad_predictiveness",
-               "Gradient predictiveness (Fig. 4b): the largest l2 norm of g - grad L(w - eta g) over eta at each probed step "
+               "Gradient predictiveness (Fig. 4b): the largest l2 norm of g - grad L(w - eta g) over eta at each "
+               "probed step "
                f"({spread}; log scale). Lower means the gradient predicts the gradient a step away better.",
                lambda: _panels(probe, "grad_pred_max", "Gradient predictiveness",
                                "max ||g − ∇L(w − ηg)||₂ (gradient units)", logy=True)),
         Figure("smoothness_beta",
-               "Effective beta-smoothness (Fig. 4c): the largest ratio over eta of the norms of g - grad L(w - eta g) and eta g at each probed step "
+               "Effective beta-smoothness (Fig. 4c): the largest ratio over eta of the norms of g - grad L(w - eta g) "
+               "and eta g at each probed step "
                f"({spread}; log scale). Lower is smoother; this ratio divides out the step length, so the two "
                "panels compare directly.",
                lambda: _panels(probe, "beta_eff", "Effective β-smoothness",
@@ -152,7 +154,8 @@ def _figures(frame: pd.DataFrame, runs: pd.DataFrame, config: Mapping[str, Any])
                lambda: _panels(ics, "shift", "Internal covariate shift: ||G − G'||",
                                "||G − G'||₂ (gradient units)", logy=True)),
         Figure("smoothness_ics_cosine",
-               "Internal covariate shift as the cosine of G and G' (1: the earlier layers' step leaves the layer's gradient "
+               "Internal covariate shift as the cosine of G and G' (1: the earlier layers' step leaves the layer's "
+               "gradient "
                f"direction unchanged), mean over the measured layers ({spread}). Higher means less shift.",
                lambda: _panels(ics, "cosine", "Internal covariate shift: cos(G, G')", "cos(G, G')")),
     ]
@@ -194,7 +197,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                      "x lr; loss variation: max - min of L(w - eta g); gradient change: the largest l2 norm of "
                      "g - grad L(w - eta g); effective beta: the largest ratio of that to the norm of eta g; top "
                      "Hessian eigenvalue: of largest magnitude, by "
-                     f"{config['eigen_iters']} power iterations; ICS: Santurkar's Definition 2.1 (l2 norm of G - G' and cosine of G and G'), mean over layers "
+                     f"{config['eigen_iters']} power iterations; ICS: Santurkar's Definition 2.1 (l2 norm of G - G' "
+                     "and cosine of G and G'), mean over layers "
                      f"{', '.join(config['ics_layers'])}; passed gate: runs whose best validation accuracy reached "
                      f"{learnability_gate(chance(config)):.0%}"]),
         Table("smoothness_runs", "Every run: accuracy, gate and the median of each measure over its probes", runs,
