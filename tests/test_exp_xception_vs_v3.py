@@ -17,6 +17,7 @@ import torch
 from analysis.experiments import load_experiment, resolve_config
 from analysis.experiments import xception_vs_v3 as xv
 from analysis.experiments.runner import build_arm_model
+from analysis.report.build import render_section
 from analysis.report.document import Section
 from analysis.report.sections import xception_vs_v3 as xv_section
 from inception_models import create_model
@@ -220,6 +221,11 @@ def test_section_renders_with_claims(tiny_run, monkeypatch, tmp_path):
     assert set(verdicts.columns) <= set(verdicts.frame.columns) and len(verdicts.frame) == 3
     assert not runs.inline and len(runs.frame) == 16
     assert "2 steps" in section.text and "75 px" in section.text and "2 paired seeds" in section.text
+    markdown = render_section(section, tmp_path)
+    assert "Params vs v3 (%)" in markdown and "Effect (points)" in markdown and "Runs past gate" in markdown
+    assert "88,458" in markdown  # Inception-v3's hand count, shown with its separators
+    for stem in ("xception_vs_v3_accuracy", "xception_vs_v3_effects"):
+        assert (tmp_path / f"{stem}.png").stat().st_size > 0
     for figure in section.figures:
         drawn = figure.draw()
         assert isinstance(drawn, plt.Figure) and drawn.axes

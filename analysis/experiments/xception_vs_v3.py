@@ -59,8 +59,11 @@ COMPARISONS: dict[str, tuple[str, str]] = {"xception_vs_v3": (XCEPTION, V3), "no
 # (346,351: -0.14%; at 1/8 width with eight blocks, 356,425, +2.8%): the shallower middle flow at the same parameter
 # count trains faster in a CPU budget. Calibration (one thread, seed 0, 4,000 images, batch 32, lr 0.02, 300 steps,
 # n_val 500): this Xception 66% (38 CPU-s), the eight-block one at 1/8 width 52% (37 CPU-s); at batch 16, lr 0.05,
-# 400 steps both Xception (8 blocks) and Inception-v3 stayed at chance (30 and 26 CPU-s). An earlier calibration
-# found Inception-v3 at 1/8 width at chance after 250-300 steps of batch 32 at every rate from 0.003 to 0.1.
+# 400 steps both Xception (8 blocks) and Inception-v3 stayed at chance (30 and 26 CPU-s); Inception-v3 at batch 32,
+# lr 0.05, 240 steps: chance (9-11%, 21.5 CPU-s). An earlier calibration found Inception-v3 at 1/8 width at chance
+# after 250-300 steps of batch 32 at every rate from 0.003 to 0.1, so in the standard tier Inception-v3 is expected
+# to fail the learnability gate and the Xception-vs-v3 claim to be 'not tested' (named): it needs more steps than
+# this budget affords (the full tier's); the mid-activation claims are decided among the Xception arms.
 # CPU cost per step of batch 32 with evaluation: ~0.127 s for each Xception arm, ~0.085 s for Inception-v3.
 _CPU: dict[str, Any] = dict(arms=ARMS, v3_width=0.125, xception_width=0.15, middle_blocks=4, difficulty="default",
                             image_size=75, seed=0, n_train=4_000, n_val=500, optimizer="sgd", momentum=0.9,

@@ -52,6 +52,7 @@ VERDICT_SPEC: dict[str, Column] = {
     "seeds": Column("Paired seeds"),
     "arms_learned": Column("Runs past gate"),
     "verdict": Column("Verdict"),
+    "reason": Column("Why"),
 }
 
 
