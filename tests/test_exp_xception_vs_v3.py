@@ -221,6 +221,7 @@ def test_section_renders_with_claims(tiny_run, monkeypatch, tmp_path):
     assert set(verdicts.columns) <= set(verdicts.frame.columns) and len(verdicts.frame) == 3
     assert not runs.inline and len(runs.frame) == 16
     assert "2 steps" in section.text and "75 px" in section.text and "2 paired seeds" in section.text
+    assert "tuned over 0.01, 0.02 on a held-out split with the same budget (chosen: Inception-v3 0.0" in section.text
     markdown = render_section(section, tmp_path)
     assert "Params vs v3 (%)" in markdown and "Effect (points)" in markdown and "Runs past gate" in markdown
     assert "88,458" in markdown  # Inception-v3's hand count, shown with its separators

@@ -107,8 +107,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
     gate = float(runs["gate"].iloc[0])
     rates = ", ".join(f"{ARM_LABELS[a]} {lr:g}" for a, lr in zip(summary["arm"], summary["lr"]))
     tuned = (f"each arm's rate tuned over {', '.join(f'{lr:g}' for lr in config['lrs'])} on a held-out split with "
-             "the same budget" if len(config["lrs"]) > 1 else f"one rate for every arm, {config['lrs'][0]:g} (no "
-             "tuning in this tier)")
+             f"the same budget (chosen: {rates})" if len(config["lrs"]) > 1 else
+             f"one rate for every arm, {config['lrs'][0]:g}, without tuning in this tier")
     text = (
         "Xception paper (Chollet 2017): at the same parameter count as Inception-v3, Xception is more accurate "
         "(sec. 4.5: 'a more efficient use of model parameters'); and without a non-linearity between the depthwise "
@@ -120,7 +120,7 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
         f"the same seed. {config['steps']} steps of {config['optimizer'].upper()} (momentum {config['momentum']:g}, "
         f"{config['schedule']} schedule, {config['warmup_steps']} warm-up steps), batch {config['batch_size']}, "
         f"{config['n_train']:,} synthetic training images at {config['image_size']} px (difficulty "
-        f"`{config['difficulty']}`), {tuned} (chosen: {rates}), then {config['seeds']} paired seeds "
+        f"`{config['difficulty']}`), {tuned}, then {config['seeds']} paired seeds "
         f"({seed}..{seed + int(config['seeds']) - 1}). Accuracy is top-1 on {config['n_val']:,} validation images; "
         f"every run must reach the learnability gate ({gate:.2f}, 3x chance) for its comparison to count. Effects "
         f"are paired differences ({INTERVAL_METHOD}), positive in the paper's direction. The models are small "
