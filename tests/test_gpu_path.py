@@ -440,3 +440,57 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     assert len(paired) == 4 and (paired["ratio"] > 0).all()
     assert table.loc[table["section"] == "resume", "value"].astype(str).tolist() == ["bit-exact"]
     assert "MFU" in md.read_text() and json.loads(table.loc[table["section"] == "environment", "detail"].iloc[0])
+
+
+# ------------------------------------------------------------------------------ CPU results unchanged
+# Digests of three few-step CPU runs (the logged split/step/loss/accuracy/lr/grad_norm and every weight and
+# buffer), recorded with main's code before the GPU path (commit e196796: per-sample loader, per-tensor RMSProp,
+# float() reads every step) under this torch. The GPU path must not move a CPU result by one bit: the committed
+# reports were produced by that code.
+PINNED_TORCH = "2.14.1"
+PINNED = {"sgd_tensors": "d462398809e7f272", "rmsprop_dataset_bnnoise": "582eb72eb2a4ea72",
+          "v3_transform_input": "3621113937610a14"}
+
+
+def _run_digest(history: list[dict], model: nn.Module) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    for row in history:
+        sha.update(json.dumps({k: row.get(k) for k in ("split", "step", "loss", "accuracy", "lr", "grad_norm")},
+                              sort_keys=True).encode())
+    for key, value in model.state_dict().items():
+        sha.update(key.encode())
+        sha.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+@pytest.mark.skipif(torch.__version__.split("+")[0] != PINNED_TORCH, reason=f"digests recorded under torch {PINNED_TORCH}")
+def test_cpu_training_is_bit_identical_to_the_code_before_the_gpu_path(tmp_path):
+    from analysis.data.synthetic import make_synthetic
+    from analysis.training.trainer import seed_everything
+
+    got = {}
+    train, val = make_synthetic("train", 48, 32, 0).tensors(), make_synthetic("val", 16, 32, 0).tensors()
+    seed_everything(0)
+    config = TrainConfig(steps=9, batch_size=8, device="cpu", lr=0.05, log_every=2, eval_every=4, progress=False)
+    with Trainer(create_model("small_inception", num_classes=10), config, train, val) as trainer:
+        trainer.fit()
+        got["sgd_tensors"] = _run_digest(trainer.history, trainer.model)
+
+    seed_everything(0)
+    config = TrainConfig.preset("inception_v3", steps=9, batch_size=8, device="cpu", seed=1, log_every=3,
+                                eval_every=4, checkpoint_every=5, progress=False, out_dir=tmp_path)
+    with Trainer(create_model("googlenet", num_classes=10, aux_logits=True, width_mult=0.125), config,
+                 synthetic("train", 40), synthetic("val", 16), callbacks=[BatchNormNoise(seed=3)]) as trainer:
+        assert isinstance(trainer.train_source, TensorSource)  # the new path, against main's per-sample loader
+        trainer.fit()
+        got["rmsprop_dataset_bnnoise"] = _run_digest(trainer.history, trainer.model)
+
+    seed_everything(0)
+    model = create_model("inception_v3", num_classes=10, aux_logits=False, width_mult=0.125, transform_input=True)
+    config = TrainConfig(steps=2, batch_size=4, device="cpu", log_every=1, progress=False)
+    with Trainer(model, config, make_synthetic("train", 8, 75, 0).tensors()) as trainer:
+        trainer.fit()
+        got["v3_transform_input"] = _run_digest(trainer.history, trainer.model)
+    assert got == PINNED
