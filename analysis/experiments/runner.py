@@ -42,6 +42,7 @@ __all__ = [
     "CLASSES",
     "CPU_QUICK",
     "GPU_FULL",
+    "GPU_SPEED",
     "RECIPE_KEYS",
     "RESULTS_ROOT",
     "TRAIN_KEYS",
@@ -67,7 +68,14 @@ RESULTS_ROOT = Path("runs") / "experiments"
 # worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
 # its own so a crash or an out-of-memory error costs one point.
 CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False)
-GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True)
+# How fast a full point trains: TrainConfig keys (:data:`TRAIN_KEYS`), so a point carrying them hands them to the
+# trainer. "auto" is decided per device (TrainConfig.resolved): bf16 autocast, channels_last, cuDNN benchmarking and
+# the 8-bit data resident on the GPU on CUDA; all off on the CPU, where a CPU result stays what it was. compile
+# pays minutes of compilation per point (worth it for long points only); the data are tensors on the device, so no
+# loader workers. A point without these keys gets the same "auto" from TrainConfig's defaults.
+GPU_SPEED: dict[str, Any] = dict(amp="auto", channels_last="auto", cudnn_benchmark="auto", data_on_device="auto",
+                                 compile=False, num_workers=0)
+GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True, **GPU_SPEED)
 
 
 def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
