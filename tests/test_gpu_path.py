@@ -498,28 +498,27 @@ def test_cpu_training_is_bit_identical_to_the_code_before_the_gpu_path(tmp_path)
 
 # ----------------------------------------------------------------------------------- the full tier's knobs
 def test_every_full_config_carries_the_gpu_speed_knobs_and_they_resolve_per_device():
-    """The full tier's speed knobs are TrainConfig keys in every experiment's full config (through GPU_FULL):
-    bf16 + channels_last + cuDNN benchmarking + data on the GPU on CUDA, all off on the CPU; no quick config
-    carries them (a CPU point's identity and numbers stay as they were)."""
+    """The speed knobs are TrainConfig keys in every experiment's configs (through GPU_FULL and CPU_QUICK), "auto":
+    bf16 + channels_last + cuDNN benchmarking + data on the GPU on CUDA (the full tier), all off on the CPU."""
     from analysis.experiments import EXPERIMENTS, load_experiment
-    from analysis.experiments.runner import GPU_SPEED, TRAIN_KEYS
+    from analysis.experiments.runner import SPEED, TRAIN_KEYS
 
-    assert set(GPU_SPEED) <= set(TRAIN_KEYS)
+    assert set(SPEED) <= set(TRAIN_KEYS)
     for name in EXPERIMENTS:
         configs = load_experiment(name).CONFIGS
-        assert {k: configs["full"][k] for k in GPU_SPEED} == GPU_SPEED, name
-        assert not set(GPU_SPEED) & set(configs["quick"]), name
-    knobs = TrainConfig(steps=1, **GPU_SPEED)
+        for tier in ("quick", "full"):
+            assert {k: configs[tier][k] for k in SPEED} == SPEED, (name, tier)
+    knobs = TrainConfig(steps=1, **SPEED)
     cuda, cpu = knobs.resolved("cuda"), knobs.resolved("cpu")
     assert (cuda.amp, cuda.channels_last, cuda.cudnn_benchmark, cuda.data_on_device) == ("bf16", True, True, True)
     assert (cpu.amp, cpu.channels_last, cpu.cudnn_benchmark, cpu.compile) == (None, False, False, False)
 
 
 def test_train_point_hands_a_points_speed_knobs_to_the_trainer():
-    from analysis.experiments.runner import GPU_SPEED, train_point
+    from analysis.experiments.runner import SPEED, train_point
 
     point = dict(n_train=16, n_val=8, image_size=32, steps=1, batch_size=8, device="cpu", log_every=1, seed=0,
-                 **{**GPU_SPEED, "channels_last": True})
+                 **{**SPEED, "channels_last": True})
     outcome = train_point(point, "small_inception")
     assert outcome.trainer.config.channels_last is True and outcome.trainer.config.amp is None
     assert outcome.trainer.memory_format == torch.channels_last

@@ -42,9 +42,9 @@ __all__ = [
     "CLASSES",
     "CPU_QUICK",
     "GPU_FULL",
-    "GPU_SPEED",
     "RECIPE_KEYS",
     "RESULTS_ROOT",
+    "SPEED",
     "TRAIN_KEYS",
     "CpuClock",
     "TrainOutcome",
@@ -67,15 +67,17 @@ RESULTS_ROOT = Path("runs") / "experiments"
 # Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
 # worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
 # its own so a crash or an out-of-memory error costs one point.
-CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False)
-# How fast a full point trains: TrainConfig keys (:data:`TRAIN_KEYS`), so a point carrying them hands them to the
+#
+# How fast a point trains: TrainConfig keys (:data:`TRAIN_KEYS`), so a point carrying them hands them to the
 # trainer. "auto" is decided per device (TrainConfig.resolved): bf16 autocast, channels_last, cuDNN benchmarking and
-# the 8-bit data resident on the GPU on CUDA; all off on the CPU, where a CPU result stays what it was. compile
-# pays minutes of compilation per point (worth it for long points only); the data are tensors on the device, so no
-# loader workers. A point without these keys gets the same "auto" from TrainConfig's defaults.
-GPU_SPEED: dict[str, Any] = dict(amp="auto", channels_last="auto", cudnn_benchmark="auto", data_on_device="auto",
-                                 compile=False, num_workers=0)
-GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True, **GPU_SPEED)
+# the 8-bit data resident on the GPU on CUDA (the full tier); all off on the CPU (quick and standard), whose results
+# stay bit for bit what they were. compile pays minutes of compilation per point (worth it for long points only);
+# the data are tensors on the device, so no loader workers. A point without these keys gets the same "auto" from
+# TrainConfig's defaults.
+SPEED: dict[str, Any] = dict(amp="auto", channels_last="auto", cudnn_benchmark="auto", data_on_device="auto",
+                             compile=False, num_workers=0)
+CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False, **SPEED)
+GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True, **SPEED)
 
 
 def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
