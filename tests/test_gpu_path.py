@@ -522,3 +522,18 @@ def test_train_point_hands_a_points_speed_knobs_to_the_trainer():
     outcome = train_point(point, "small_inception")
     assert outcome.trainer.config.channels_last is True and outcome.trainer.config.amp is None
     assert outcome.trainer.memory_format == torch.channels_last
+
+
+def test_a_rows_peak_is_that_of_the_arithmetic_it_ran_in(monkeypatch):
+    """peak_share / MFU: an fp32 row (TF32 convolutions, cuDNN's default) over the TF32 peak, not the bf16 one;
+    an H100 PCIe is not taken for an SXM; a GPU without TF32 falls back to fp32, one without bf16 has none."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from peaks import peak_arithmetic, peak_tflops
+
+    assert peak_arithmetic(None, cudnn_tf32=True) == "tf32" and peak_arithmetic(None, cudnn_tf32=False) == "fp32"
+    assert peak_arithmetic("bf16") == "bf16"
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "tf32") == 494.7  # half the dense bf16 peak
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops("Tesla V100-SXM2-16GB", "tf32") == 15.7
+    assert math.isnan(peak_tflops("Tesla T4", "bf16")) and math.isnan(peak_tflops("Some GPU", "bf16"))
