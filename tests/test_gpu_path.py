@@ -449,10 +449,11 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
 # reports were produced by that code.
 PINNED_TORCH = "2.14.1"
 PINNED = {"sgd_tensors": "d462398809e7f272", "rmsprop_dataset_bnnoise": "582eb72eb2a4ea72",
-          "v3_transform_input": "3621113937610a14"}
+          "v3_transform_input": "3621113937610a14", "train_point_small": "7f815c0edcc80047",
+          "train_point_googlenet_aux": "e854d103d0ababea"}
 
 
-def _run_digest(history: list[dict], model: nn.Module) -> str:
+def _run_digest(history: list[dict], model: nn.Module, *extra: dict) -> str:
     import hashlib
 
     sha = hashlib.sha256()
@@ -462,6 +463,8 @@ def _run_digest(history: list[dict], model: nn.Module) -> str:
     for key, value in model.state_dict().items():
         sha.update(key.encode())
         sha.update(value.detach().cpu().contiguous().numpy().tobytes())
+    for values in extra:
+        sha.update(json.dumps(values, sort_keys=True).encode())
     return sha.hexdigest()[:16]
 
 
@@ -493,6 +496,21 @@ def test_cpu_training_is_bit_identical_to_the_code_before_the_gpu_path(tmp_path)
     with Trainer(model, config, make_synthetic("train", 8, 75, 0).tensors()) as trainer:
         trainer.fit()
         got["v3_transform_input"] = _run_digest(trainer.history, trainer.model)
+
+    # The experiments' runner: 8-bit pixels to the trainer now, float tensors before.
+    from analysis.experiments.runner import train_point
+
+    point = dict(n_train=24, n_val=10, image_size=32, steps=5, batch_size=8, device="cpu", log_every=2, eval_every=3,
+                 seed=2, lr=0.05)
+    outcome = train_point(point, "small_inception")
+    assert isinstance(outcome.trainer.train_source, TensorSource)
+    assert outcome.trainer.train_source.inputs.dtype == torch.uint8
+    got["train_point_small"] = _run_digest(outcome.trainer.history, outcome.trainer.model, outcome.trainer.evaluate())
+    point = dict(n_train=24, n_val=10, image_size=40, steps=4, batch_size=4, device="cpu", log_every=1, seed=1,
+                 data_seed=3, optimizer="rmsprop", lr=0.01, grad_clip=2.0, label_smoothing=0.1)
+    outcome = train_point(point, "googlenet", model_kwargs=dict(aux_logits=True, width_mult=0.125))
+    got["train_point_googlenet_aux"] = _run_digest(outcome.trainer.history, outcome.trainer.model,
+                                                   outcome.trainer.evaluate())
     assert got == PINNED
 
 
@@ -537,3 +555,27 @@ def test_a_rows_peak_is_that_of_the_arithmetic_it_ran_in(monkeypatch):
     assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
     assert peak_tflops("Tesla V100-SXM2-16GB", "tf32") == 15.7
     assert math.isnan(peak_tflops("Tesla T4", "bf16")) and math.isnan(peak_tflops("Some GPU", "bf16"))
+
+
+def test_the_runner_renders_a_set_once_into_the_data_cache(monkeypatch, tmp_path):
+    """With INCEPTION_LAB_DATA_CACHE set, a set is rendered once into that folder and read back by a later process
+    (here: after the in-process cache is cleared); the float tensors are the pixels scaled, as make_synthetic's."""
+    from analysis.data.synthetic import make_synthetic
+    from analysis.experiments import runner
+
+    monkeypatch.setenv(runner.DATA_CACHE_ENV, str(tmp_path))
+    runner.pixels.cache_clear()
+    runner.tensors.cache_clear()
+    try:
+        first = runner.pixels("val", 12, 32, 5)
+        (stored,) = tmp_path.iterdir()
+        mtime = stored.stat().st_mtime_ns
+        runner.pixels.cache_clear()
+        again = runner.pixels("val", 12, 32, 5)
+        assert stored.stat().st_mtime_ns == mtime and torch.equal(again.images, first.images)
+        images, labels = runner.tensors("val", 12, 32, 5)
+        expected = make_synthetic("val", 12, 32, 5).tensors()
+        assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+    finally:
+        runner.pixels.cache_clear()
+        runner.tensors.cache_clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,7 +31,8 @@ import torch
 
 from analysis.callbacks import Callback
 from analysis.data.difficulty import parse_difficulty
-from analysis.data.synthetic import make_synthetic
+from analysis.data.synthetic import SyntheticShapes
+from analysis.data.tensors import ImageTensors, decode
 from analysis.training.config import TrainConfig
 from analysis.training.init import initialise, share_weights
 from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
@@ -41,6 +43,7 @@ __all__ = [
     "CHANCE",
     "CLASSES",
     "CPU_QUICK",
+    "DATA_CACHE_ENV",
     "GPU_FULL",
     "RECIPE_KEYS",
     "RESULTS_ROOT",
@@ -52,6 +55,7 @@ __all__ = [
     "check_config",
     "default_results_dir",
     "num_classes",
+    "pixels",
     "run_points",
     "tensors",
     "threads",
@@ -97,12 +101,32 @@ def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESU
 
 
 # ==================================================================================================== running
+# A folder keeping the rendered synthetic sets on disk (8-bit pixels, :class:`analysis.data.synthetic.SyntheticShapes`'s
+# ``store``), read by every process of a sweep instead of rendering again: isolated points (the full tier) render
+# a set once, not once each. Where the data lives is no part of a point, so it is an environment setting.
+DATA_CACHE_ENV = "INCEPTION_LAB_DATA_CACHE"
+
+
+@lru_cache(maxsize=6)
+def pixels(split: str, n: int, image_size: int, seed: int = 0, difficulty: str = "default") -> ImageTensors:
+    """A synthetic shapes split as 8-bit :class:`~analysis.data.tensors.ImageTensors`, rendered once per process (or
+    once in all, read back from the folder :data:`DATA_CACHE_ENV` names): what the trainer moves onto a GPU whole
+    and scales a batch at a time there."""
+    store = os.environ.get(DATA_CACHE_ENV) or None
+    held = SyntheticShapes(n, image_size, seed=seed, split=split, difficulty=difficulty, cache=True,
+                           store=store).image_tensors()
+    assert held is not None  # cache=True holds the pixels
+    return held
+
+
 @lru_cache(maxsize=6)
 def tensors(split: str, n: int, image_size: int, seed: int = 0,
             difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process (``difficulty``: a
-    spec of :func:`analysis.data.difficulty.parse_difficulty`)."""
-    return make_synthetic(split, n, image_size, seed, difficulty=difficulty).tensors()
+    """A synthetic shapes split as float ``(images, labels)`` tensors in [-1, 1] (``difficulty``: a spec of
+    :func:`analysis.data.difficulty.parse_difficulty`): :func:`pixels` scaled, the same numbers as
+    ``make_synthetic(...).tensors()``."""
+    held = pixels(split, n, image_size, seed, difficulty)
+    return decode(held.images), held.labels.clone()
 
 
 def num_classes(point: Mapping[str, Any]) -> int:
@@ -277,14 +301,15 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
     (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets ``diverged_step``.
     ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace its criterion)."""
     data = _point_data(point)
-    train = tensors("train", int(point["n_train"]), int(point["image_size"]), *data)
-    val = tensors(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
+    # 8-bit pixels to the trainer (on a GPU: resident there, scaled per batch); the same numbers as float tensors.
+    train = pixels("train", int(point["n_train"]), int(point["image_size"]), *data)
+    val = pixels(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
     values = {k: point[k] for k in TRAIN_KEYS if k in point}
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])
     if model is None:
         name = str(point["model"])
-        model = build_arm_model(point, train[0])
+        model = build_arm_model(point, tensors("train", int(point["n_train"]), int(point["image_size"]), *data)[0])
     elif isinstance(model, str):
         name = model
         values["model_kwargs"] = {"num_classes": num_classes(point), **(model_kwargs or {})}
