@@ -564,18 +564,20 @@ def test_the_runner_renders_a_set_once_into_the_data_cache(monkeypatch, tmp_path
     from analysis.experiments import runner
 
     monkeypatch.setenv(runner.DATA_CACHE_ENV, str(tmp_path))
-    runner.pixels.cache_clear()
-    runner.tensors.cache_clear()
+    runner._pixels.cache_clear()
+    runner._tensors.cache_clear()
     try:
         first = runner.pixels("val", 12, 32, 5)
         (stored,) = tmp_path.iterdir()
         mtime = stored.stat().st_mtime_ns
-        runner.pixels.cache_clear()
+        runner._pixels.cache_clear()
         again = runner.pixels("val", 12, 32, 5)
         assert stored.stat().st_mtime_ns == mtime and torch.equal(again.images, first.images)
         images, labels = runner.tensors("val", 12, 32, 5)
+        assert runner.tensors("val", 12, 32, 5, "default")[0] is images  # one entry whatever the arguments given
+        assert runner._pixels.cache_info().misses == 1
         expected = make_synthetic("val", 12, 32, 5).tensors()
         assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
     finally:
-        runner.pixels.cache_clear()
-        runner.tensors.cache_clear()
+        runner._pixels.cache_clear()
+        runner._tensors.cache_clear()

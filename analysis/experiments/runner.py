@@ -107,11 +107,24 @@ def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESU
 DATA_CACHE_ENV = "INCEPTION_LAB_DATA_CACHE"
 
 
-@lru_cache(maxsize=6)
 def pixels(split: str, n: int, image_size: int, seed: int = 0, difficulty: str = "default") -> ImageTensors:
     """A synthetic shapes split as 8-bit :class:`~analysis.data.tensors.ImageTensors`, rendered once per process (or
     once in all, read back from the folder :data:`DATA_CACHE_ENV` names): what the trainer moves onto a GPU whole
     and scales a batch at a time there."""
+    return _pixels(str(split), int(n), int(image_size), int(seed), str(difficulty))
+
+
+def tensors(split: str, n: int, image_size: int, seed: int = 0,
+            difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic shapes split as float ``(images, labels)`` tensors in [-1, 1] (``difficulty``: a spec of
+    :func:`analysis.data.difficulty.parse_difficulty`): :func:`pixels` scaled, the same numbers as
+    ``make_synthetic(...).tensors()``."""
+    return _tensors(str(split), int(n), int(image_size), int(seed), str(difficulty))
+
+
+# Cached on every argument given in full, so ``tensors("val", n, s)`` and ``tensors("val", n, s, 0)`` share one entry.
+@lru_cache(maxsize=6)
+def _pixels(split: str, n: int, image_size: int, seed: int, difficulty: str) -> ImageTensors:
     store = os.environ.get(DATA_CACHE_ENV) or None
     held = SyntheticShapes(n, image_size, seed=seed, split=split, difficulty=difficulty, cache=True,
                            store=store).image_tensors()
@@ -120,12 +133,8 @@ def pixels(split: str, n: int, image_size: int, seed: int = 0, difficulty: str =
 
 
 @lru_cache(maxsize=6)
-def tensors(split: str, n: int, image_size: int, seed: int = 0,
-            difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic shapes split as float ``(images, labels)`` tensors in [-1, 1] (``difficulty``: a spec of
-    :func:`analysis.data.difficulty.parse_difficulty`): :func:`pixels` scaled, the same numbers as
-    ``make_synthetic(...).tensors()``."""
-    held = pixels(split, n, image_size, seed, difficulty)
+def _tensors(split: str, n: int, image_size: int, seed: int, difficulty: str) -> tuple[torch.Tensor, torch.Tensor]:
+    held = _pixels(split, n, image_size, seed, difficulty)
     return decode(held.images), held.labels.clone()
 
 
