@@ -23,13 +23,14 @@ Arms (:class:`~analysis.experiments.arms.Arm`; the body has BN in all of them, t
   one too (the Inception-v3 paper's "BN-auxiliary").
 
 The arms with heads share the no-heads arm's initial weights of the same seed for everything they have in common
-(``share_with``: the body and the main classifier), and their heads start alike, so a seed's arms differ by the
-heads alone. Each arm's learning rate is tuned on the held-out split with the same budget, then all arms run over
-the paired seeds. Measured per run: the main head's validation accuracy (eval mode: the heads are dropped at
-inference, as in the papers), its accuracy on ``train_eval_images`` training images in eval mode and the gap
-between them, the area under the first ``early_fraction`` of the validation curve (the v3 paper's "no early
-speed-up"), the main head's training loss, and the gradient norm reaching the layers below the first head's tap
-(GoogLeNet's motivation).
+(``share_with``: the body and the main classifier), so a seed's arms differ by the heads alone. The two kinds of
+head start with the same He-initialised convolutions; their fully connected layers are other draws of the same
+distribution (the plain head's conv bias shifts the builder's random stream). Each arm's learning rate is tuned on
+the held-out split with the same budget, then all arms run over the paired seeds. Measured per run: the main head's
+validation accuracy (eval mode: the heads are dropped at inference, as in the papers), its accuracy on
+``train_eval_images`` training images in eval mode and the gap between them, the area under the first
+``early_fraction`` of the validation curve (the v3 paper's "no early speed-up"), the main head's training loss, and
+the gradient norm reaching the layers below the first head's tap (GoogLeNet's motivation).
 
 ``run(config) -> DataFrame``: every logged row of every run plus one ``final`` row per run; :func:`per_run` one row
 per run; :func:`decide` the protocol's verdicts; :func:`claims` the rows of ``claims.csv``; :func:`summarise` one
