@@ -20,6 +20,7 @@ from analysis.experiments.calibration import (
     reliability_bins,
     smoothing_optimal_gap,
 )
+from analysis.experiments import runner
 from analysis.experiments.runner import num_classes
 from analysis.experiments.verdict import CONTRADICTS, NO_EFFECT, NOT_TESTED, SUPPORTS, VERDICTS
 from analysis.report import sections
@@ -128,6 +129,27 @@ def test_a_config_missing_keys_is_a_clear_error():
 
 
 # ================================================================================================== schema
+def test_one_set_renders_once_however_tensors_is_called(monkeypatch):
+    """issue 19.2: the cached ``tensors`` keyed on the call's form, so 3 and 5 positional arguments (or keywords)
+    rendered the same set twice."""
+    calls = []
+    real = runner.make_synthetic
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "make_synthetic", counting)
+    runner._rendered.cache_clear()
+    first = runner.tensors("val", 8, 32)
+    assert runner.tensors("val", 8, 32, 0, "default") is first
+    assert runner.tensors(split="val", n=8, image_size=32, seed=0, difficulty="default") is first
+    assert runner.tensors("val", 8.0, 32, seed=0) is first
+    assert len(calls) == 1
+    assert runner.tensors("val", 8, 32, 1) is not first and len(calls) == 2  # another seed is another set
+    runner._rendered.cache_clear()
+
+
 def test_schema_of_a_tiny_run(tiny):
     _, frame = tiny
     assert set(ls.RESULT_COLUMNS) <= set(frame.columns)
@@ -250,6 +272,12 @@ def test_section_renders_its_claims_tables_and_figures(tiny, tmp_path, monkeypat
     for stem in ("label_smoothing.md", "label_smoothing_runs.csv", "label_smoothing_curves.csv",
                  "label_smoothing_accuracy.png", "label_smoothing_gap.png", "label_smoothing_reliability.png"):
         assert (tmp_path / stem).exists(), stem
-    assert "Verdict at this scale" in markdown and "tuned lr" in markdown
+    assert "Verdict at this scale" in markdown
+    # The per-arm table through its display spec: headers with units, one precision per column, no "inf" for the
+    # one-hot arm's optimal gap (it has none).
+    table = (tmp_path / "label_smoothing.md").read_text()
+    for header in ("Tuned lr", "Val. top-1 (%), mean ± sd", "ECE (%)", "Optimal gap under eps (nats)"):
+        assert header in table, header
+    assert "6.80" in table and "inf" not in table
     assert "log(1 + K(1 - eps)/eps): 6.80 for K = 100" in markdown
 

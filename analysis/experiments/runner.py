@@ -87,11 +87,18 @@ def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESU
 
 
 # ==================================================================================================== running
-@lru_cache(maxsize=6)
 def tensors(split: str, n: int, image_size: int, seed: int = 0,
             difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process (``difficulty``: a
-    spec of :func:`analysis.data.difficulty.parse_difficulty`)."""
+    spec of :func:`analysis.data.difficulty.parse_difficulty`). However it is called (positional or keyword
+    arguments, defaults left out or spelled), one set has one cache entry."""
+    return _rendered(str(split), int(n), int(image_size), int(seed), str(difficulty))
+
+
+# Keyed on the normalised arguments: lru_cache keys on the call's form, so tensors("val", 500, 32) and
+# tensors("val", 500, 32, 0, "default") would otherwise render the same set twice (issue 19.2).
+@lru_cache(maxsize=6)
+def _rendered(split: str, n: int, image_size: int, seed: int, difficulty: str) -> tuple[torch.Tensor, torch.Tensor]:
     return make_synthetic(split, n, image_size, seed, difficulty=difficulty).tensors()
 
 
@@ -268,7 +275,7 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
     ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace its criterion)."""
     data = _point_data(point)
     train = tensors("train", int(point["n_train"]), int(point["image_size"]), *data)
-    val = tensors(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
+    val = tensors(str(point.get("eval_split", "val")), int(point["n_val"]), int(point["image_size"]), *data)
     values = {k: point[k] for k in TRAIN_KEYS if k in point}
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])

@@ -14,14 +14,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from analysis.io import atomic_path
 
-__all__ = ["STYLE", "band_lines", "bar_params_macs", "figure_style", "heatmap", "lines", "reliability_figure",
-           "save_figure", "stacked_shares", "styled"]
+__all__ = ["STYLE", "band_lines", "bar_params_macs", "figure_style", "heatmap", "lines", "readable_log_y",
+           "reliability_figure", "save_figure", "stacked_shares", "styled"]
 
 # seaborn's theme for the report. ``color_codes=False``: seaborn would otherwise remap matplotlib's one-letter
 # colours ("b", "g", ...) for the whole process, a change that no rc context undoes.
@@ -143,6 +144,16 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     return fig
 
 
+def readable_log_y(ax: Any) -> None:
+    """A log y axis whose ticks read: labels at 1, 2 and 5 times each power of ten written as plain numbers
+    (0.05, 2, 500; not 10^x with minor mantissas), unlabelled minor ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(mticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 @styled
 def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None = None, seed: str = "seed",
                title: str = "", xlabel: str | None = None, ylabel: str | None = None, logy: bool = False,
@@ -178,7 +189,7 @@ def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None
             ax.annotate(label, (0.01, level), xycoords=("axes fraction", "data"), fontsize="x-small",
                         color="grey", va="bottom")
         if logy:
-            ax.set_yscale("log")
+            readable_log_y(ax)
         ax.set_title(title if facet is None else str(facet))
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)

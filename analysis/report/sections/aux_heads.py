@@ -15,14 +15,30 @@ from analysis.experiments.aux_heads import ARM_LABELS, CONFIGS, NAME, claims, de
 from analysis.experiments.runner import RESULTS_ROOT, default_results_dir, num_classes
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import band_lines
+from analysis.report.tables import Column
 
 __all__ = ["section"]
 
-SUMMARY_HEADERS = {"arm": "arm", "lr": "tuned lr", "seeds": "seeds", "learned": "learned",
-                   "val_accuracy": "val accuracy (mean)", "val_accuracy_sd": "val accuracy (sd)",
-                   "train_accuracy": "train accuracy (eval mode)", "generalisation_gap": "train - val",
-                   "early_area": "mean val accuracy, first third", "final_main_loss": "main-head train loss (nats)",
-                   "grad_norm_lower": "gradient norm below the first head"}
+# The per-arm table as a reader sees it (the CSV keeps the raw frame): accuracies in %, gaps in percentage points.
+SUMMARY_COLUMNS = {
+    "arm": Column("Arm"), "lr": Column("Tuned lr", digits=3), "learned": Column("Learned (runs)"),
+    "val_accuracy": Column("Val. accuracy (%), mean ± sd", digits=1, scale=100, spread="val_accuracy_sd",
+                           best="max"),
+    "train_accuracy": Column("Train accuracy, eval mode (%)", digits=1, scale=100),
+    "generalisation_gap": Column("Train - val. (pp)", digits=1, scale=100, best="min"),
+    "early_area": Column("Val. accuracy, first third (%)", digits=1, scale=100),
+    "final_main_loss": Column("Main-head train loss (nats)", digits=3),
+    "grad_norm_lower": Column("Gradient norm below first head", digits=3),
+}
+RUN_COLUMNS = {
+    "stage": Column("Stage"), "arm": Column("Arm"), "seed": Column("Seed"), "lr": Column("lr", digits=3),
+    "final_val_accuracy": Column("Val. accuracy (%)", digits=1, scale=100),
+    "final_train_accuracy": Column("Train accuracy (%)", digits=1, scale=100),
+    "generalisation_gap": Column("Train - val. (pp)", digits=1, scale=100),
+    "early_area": Column("Val. accuracy, first third (%)", digits=1, scale=100),
+    "grad_norm_lower": Column("Gradient norm below first head", digits=3), "learned": Column("Learned"),
+    "cpu_s": Column("CPU (s)", digits=0),
+}
 
 
 def _seed_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -42,8 +58,8 @@ def _accuracy_figure(results: pd.DataFrame, classes: int) -> Any:
 def _gradient_figure(results: pd.DataFrame) -> Any:
     rows = _seed_rows(results)
     return band_lines(rows[rows["split"] == "train"], x="step", y="grad_norm_lower", hue="arm", logy=True,
-                      title="Gradient norm reaching the layers below the first aux head", xlabel="training step",
-                      ylabel="L2 norm of the gradient (mean, min-max over seeds)")
+                      title="Gradient reaching the layers below the first aux head", xlabel="training step",
+                      ylabel="gradient L2 norm (log scale)")
 
 
 def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Section:
@@ -75,22 +91,26 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
         f"validation images and on {config['train_eval_images']:,} training images; a regulariser claim is "
         f"`not tested` unless the no-heads net's train-minus-validation gap is at least {min_gap:g}."
     )
-    shown = summary.assign(arm=summary["arm"].map(ARM_LABELS)).rename(columns=SUMMARY_HEADERS)
+    shown = summary.assign(arm=summary["arm"].map(ARM_LABELS))
     return Section(
         title="Auxiliary classifiers (GoogLeNet; Inception-v3, sec. 4)",
         text=text,
-        tables=[Table(NAME, "Auxiliary heads: accuracy and generalisation gap per arm (means over the paired seeds)",
-                      shown, ["accuracies are fractions; 'first third': the mean validation accuracy over the first "
-                              f"{early:.2g} of the steps (the v3 paper's early training); gradient norms are means "
-                              "over the logged steps"]),
-                Table(f"{NAME}_runs", "Auxiliary heads: every run (tuning and seeds)", runs, inline=False),
+        tables=[Table(NAME, f"Auxiliary heads: the main head's accuracy and generalisation gap per arm, means over "
+                      f"{config['seeds']} paired seeds", shown,
+                      ["accuracies in eval mode (heads dropped); 'first third': the mean validation accuracy over the "
+                       f"first {early:.2g} of the steps (the v3 paper's early training); gradient norms: the L2 norm "
+                       "of the gradient of the layers below the first head's tap, mean over the logged steps; pp: "
+                       "percentage points"], columns=SUMMARY_COLUMNS),
+                Table(f"{NAME}_runs", "Auxiliary heads: every run (tuning on the held-out split, then the paired "
+                      "seeds)", runs, inline=False, columns=RUN_COLUMNS),
                 Table(f"{NAME}_curves", "Auxiliary heads: every logged row", results.drop(columns="point_id"),
                       inline=False)],
         figures=[Figure(f"{NAME}_accuracy", "Main-head accuracy along training: the space between the training and "
                         "validation panels is the overfitting a regulariser could close (mean over seeds, min-max "
                         "band; dotted: chance)", lambda: _accuracy_figure(results, num_classes(config))),
-                 Figure(f"{NAME}_gradients", "Gradient norm below the first aux head (log scale): GoogLeNet's "
-                        "motivation was to raise it", lambda: _gradient_figure(results))],
+                 Figure(f"{NAME}_gradients", "The L2 norm of the gradient of the layers below the first aux "
+                        "head's tap, per training step (mean over seeds, min-max band; log scale): GoogLeNet added the "
+                        "heads to raise it, so the lines with heads should sit above the one without", lambda: _gradient_figure(results))],
         verdict=verdict(verdicts, runs, min_gap=min_gap),
         claims=claims(verdicts),
     )
