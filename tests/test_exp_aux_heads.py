@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,5 +204,40 @@ def test_section_renders_its_claims_tables_and_figures(tiny, tmp_path, monkeypat
     for stem in ("aux_heads.md", "aux_heads_runs.csv", "aux_heads_curves.csv", "aux_heads_accuracy.png",
                  "aux_heads_gradients.png"):
         assert (tmp_path / stem).exists(), stem
-    assert "Verdict at this scale" in markdown and "train - val" in markdown
-    assert not math.isnan(float(section.tables[0].frame["val accuracy (mean)"].iloc[0]))
+    assert "Verdict at this scale" in markdown
+    table = (tmp_path / "aux_heads.md").read_text()
+    for header in ("Tuned lr", "Val. accuracy (%), mean ± sd", "Train - val. (pp)", "Gradient norm below first head"):
+        assert header in table, header
+    assert not math.isnan(float(section.tables[0].frame["val_accuracy"].iloc[0]))
+
+
+def _y_tick_labels(fig):
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    return ax, [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+
+
+def test_the_gradient_figure_reads(tiny):
+    """issue 18.3: the y-label stays beside the axes (it ran through the title); the log axis is labelled with a
+    few plain numbers (1, 2, 5 x 10^k over several decades), never mantissas or labelled minor ticks."""
+    _, frame = tiny
+    fig = sections.aux_heads._gradient_figure(frame)
+    try:
+        ax, labels = _y_tick_labels(fig)
+        renderer = fig.canvas.get_renderer()
+        assert ax.yaxis.label.get_window_extent(renderer).height <= ax.get_window_extent(renderer).height
+        assert ax.get_yscale() == "log" and 2 <= len(labels) <= 8, labels
+        assert all(float(text) > 0 for text in labels), labels  # plain numbers: no "$10^{0}$" mathtext
+        assert not any(t.get_text() for t in ax.get_yticklabels(minor=True))
+    finally:
+        plt.close(fig)
+    wide = frame[frame["split"] == "train"].copy()
+    wide["grad_norm_lower"] = 10.0 ** np.linspace(-2, 2, len(wide))  # four decades
+    fig = sections.aux_heads._gradient_figure(wide)
+    try:
+        _, labels = _y_tick_labels(fig)
+        assert labels and all(round(float(t) / 10 ** math.floor(math.log10(float(t))), 6) in (1, 2, 5)
+                              for t in labels), labels
+    finally:
+        plt.close(fig)

@@ -253,6 +253,9 @@ def test_claims_and_the_verdict_line():
     mde = verdicts["accuracy"].effect.mde
     assert f"(MDE) is {100 * mde:.2f}% against the paper's +0.2%" in line
     assert "log(1 + K(1 - eps)/eps) = 6.80" in line
+    # The smoothed gaps 6.5 + 0.05 s against log(901) = 6.804: mean -0.204, sd 0.0791, half-width 0.098.
+    assert "the smoothed arm's gap minus that optimum: -0.20 [-0.30, -0.11] over 5 seeds" in line
+    assert ls.gap_to_optimum(runs, 100).effect == pytest.approx(6.6 - math.log(901))
     # 0.01 + 0.002 s over s = 0..4: mean 0.014, sd 0.00316, t(0.975, 4) = 2.776: half-width 0.0039.
     assert "the one-hot baseline's confidence minus accuracy: +0.014 [+0.010, +0.018] over 5 seeds" in line
 

@@ -144,11 +144,28 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     return fig
 
 
+class _ReadableLogLocator(mticker.LogLocator):
+    """Major ticks of a log axis at 1, 2 and 5 x 10^k; over a range holding fewer than two of those (a narrow
+    band such as 2.2-3.6), at most five evenly spaced round numbers instead of matplotlib's fallback of up to nine."""
+
+    def __init__(self) -> None:
+        super().__init__(base=10, subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin: float, vmax: float) -> Any:
+        low, high = sorted((vmin, vmax))
+        if low > 0:
+            decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+            if sum(low <= m * 10.0 ** d <= high for d in decades for m in (1, 2, 5)) < 2:
+                return mticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+        return super().tick_values(vmin, vmax)
+
+
 def readable_log_y(ax: Any) -> None:
-    """A log y axis whose ticks read: labels at 1, 2 and 5 times each power of ten written as plain numbers
-    (0.05, 2, 500; not 10^x with minor mantissas), unlabelled minor ticks."""
+    """A log y axis whose ticks read: labels at 1, 2 and 5 times each power of ten (a few round numbers over a
+    range narrower than that), written as plain numbers (0.05, 2, 500; not 10^x with minor mantissas), unlabelled
+    minor ticks."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(_ReadableLogLocator())
     ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(mticker.LogLocator(base=10, subs=tuple(range(1, 10))))
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
