@@ -60,7 +60,8 @@ def test_a_seed_starts_every_arm_from_the_same_body():
 def test_tiers_and_the_standard_design():
     assert set(ah.CONFIGS) == {"quick", "standard", "full"}
     standard = ah.CONFIGS["standard"]
-    assert standard["seeds"] >= 5 and len(standard["lrs"]) >= 2 and tuple(standard["arms"]) == ah.ARMS
+    assert standard["seeds"] >= 5 and tuple(standard["arms"]) == ah.ARMS
+    assert len(ah.CONFIGS["full"]["lrs"]) >= 2  # the GPU tier tunes; the CPU tiers share one rate (the budget)
     # Overfitting needs many passes over a small training set.
     assert standard["steps"] * standard["batch_size"] / standard["n_train"] >= 20
     assert standard["device"] == "cpu" and ah.CONFIGS["full"]["device"] == "auto"

@@ -10,7 +10,7 @@ they "act as regularizer", "supported by the fact that the main classifier of th
 side branch is batch-normalized" (BN-auxiliary: top-1 error 21.6% -> 21.2%, Table 3).
 
 A regulariser can only act on a net that overfits, so the standard tier trains on a small training set for many
-epochs (1,000 images, about 25 epochs), where the network without heads ends far above its validation accuracy
+epochs (750 images, about 20 epochs), where the network without heads should end above its validation accuracy
 on its training images. Where it does not (its mean train-minus-validation accuracy gap below ``min_gap``),
 every regulariser claim is ``not tested``: a gap that small leaves a regulariser nothing to close.
 
@@ -25,9 +25,10 @@ Arms (:class:`~analysis.experiments.arms.Arm`; the body has BN in all of them, t
 The arms with heads share the no-heads arm's initial weights of the same seed for everything they have in common
 (``share_with``: the body and the main classifier), so a seed's arms differ by the heads alone. The two kinds of
 head start with the same He-initialised convolutions; their fully connected layers are other draws of the same
-distribution (the plain head's conv bias shifts the builder's random stream). Each arm's learning rate is tuned on
-the held-out split with the same budget, then all arms run over the paired seeds. Measured per run: the main head's
-validation accuracy (eval mode: the heads are dropped at inference, as in the papers), its accuracy on
+distribution (the plain head's conv bias shifts the builder's random stream). Where the config lists several rates
+(the ``full`` tier), each arm's learning rate is tuned on the held-out split with the same budget; the CPU tiers give
+every arm one rate, the budget going to seeds. Then all arms run over the paired seeds. Measured per run: the main
+head's validation accuracy (eval mode: the heads are dropped at inference, as in the papers), its accuracy on
 ``train_eval_images`` training images in eval mode and the gap between them, the area under the first
 ``early_fraction`` of the validation curve (the v3 paper's "no early speed-up"), the main head's training loss, and
 the gradient norm reaching the layers below the first head's tap (GoogLeNet's motivation).
@@ -80,14 +81,17 @@ _CPU: dict[str, Any] = dict(model="googlenet", width_mult=0.25, drop_rate=0.2, i
                             optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="cosine", early_fraction=1 / 3,
                             min_gap=0.05, **CPU_QUICK)
 CONFIGS: dict[str, dict[str, Any]] = {
-    # A smoke test, about a minute on 2 idle cores: 2 seeds x 3 arms of 120 steps at one rate (no tuning). Its
-    # verdicts are not evidence.
+    # A smoke test: 2 seeds x 3 arms of 120 steps at one rate (no tuning). Measured: 94 CPU-s in all (72 in the six
+    # runs, 0.10 CPU-s per step with their evaluations), under a minute on 2 idle cores. The nets are still near
+    # chance at 120 steps: its verdicts are not evidence.
     "quick": dict(_CPU, seeds=2, lrs=(0.03,), n_val=500, train_eval_images=500, steps=120, warmup_steps=10,
                   log_every=10, eval_every=40),
-    # Decides the claims on 2 CPU cores: 800 steps of 32 (25 epochs of the 1,000 images), each arm tuned over two
-    # rates on the held-out split, then 5 paired seeds: 21 runs.
-    "standard": dict(_CPU, seeds=5, lrs=(0.01, 0.03), n_val=2_000, train_eval_images=1_000, steps=800,
-                     warmup_steps=40, log_every=20, eval_every=80),
+    # Decides the claims on 2 CPU cores within ~800 CPU-s: 480 steps of 32 (20 epochs of 750 images), 5 paired
+    # seeds x 3 arms = 15 runs at one rate for every arm (a second rate per arm would cost 6 runs more than the
+    # budget has). Estimate: 15 x 480 steps x ~0.10 CPU-s per step (measured on the quick tier, with evaluations)
+    # ~ 720 CPU-s, plus ~40 for imports and rendering: ~760 CPU-s, ~6.5 min on 2 idle cores.
+    "standard": dict(_CPU, seeds=5, lrs=(0.03,), n_train=750, n_val=1_000, train_eval_images=750, steps=480,
+                     warmup_steps=24, log_every=24, eval_every=96),
     # A GPU: Inception-v3 at half width on 299 px shapes with the paper's RMSProp (aux weight 0.4, weight decay
     # 4e-5), 5,000 training images for about 150 epochs, three rates per arm, 10 paired seeds. Not run here.
     "full": dict(model="inception_v3", width_mult=0.5, drop_rate=0.2, init="default", difficulty="hard",

@@ -73,6 +73,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
     verdicts = decide(runs, min_gap)
     summary = summarise(runs)
     rates = ", ".join(f"{ARM_LABELS[arm]} {lr:g}" for arm, lr in zip(summary["arm"], summary["lr"]))
+    tuning = (f"each arm's rate tuned over {', '.join(f'{lr:g}' for lr in config['lrs'])} on the held-out split "
+              f"(chosen: {rates})" if len(config["lrs"]) > 1 else f"one rate for every arm, {config['lrs'][0]:g}")
     text = (
         "GoogLeNet (sec. 5) added auxiliary classifiers to strengthen the gradient reaching the lower layers and as "
         "regularisers; the Inception-v3 paper (sec. 4) found they do not speed up early training but lift the final "
@@ -83,8 +85,7 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
         f"(BN body, width_mult {config['width_mult']}, dropout {config['drop_rate']} before the main classifier, "
         f"`{config['init']}` initialisation) on {config['image_size']} px synthetic shapes (difficulty "
         f"`{config['difficulty']}`), arms {', '.join(ARM_LABELS[a] for a in config['arms'])}, aux loss weight "
-        f"{config['aux_weight']}, {config['optimizer']} with a {config['schedule']} schedule; each arm's rate tuned "
-        f"over {', '.join(f'{lr:g}' for lr in config['lrs'])} on the held-out split (chosen: {rates}), then "
+        f"{config['aux_weight']}, {config['optimizer']} with a {config['schedule']} schedule; {tuning}, then "
         f"{config['seeds']} paired seeds (the arms with heads start from the no-heads arm's body and classifier). "
         "'No BN' heads have no normalisation (conv with bias); 'with BN' heads batch-normalise the hidden FC too. "
         f"Accuracy is the main head's in eval mode (heads are dropped at inference) on {config['n_val']:,} "

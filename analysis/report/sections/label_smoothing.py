@@ -93,6 +93,9 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
     eps = float(config["epsilon"])
     summary = summarise(runs, classes)
     rates = ", ".join(f"{arm} {lr:g}" for arm, lr in zip(summary["arm"], summary["lr"]))
+    tuning = (f"each arm's learning rate tuned over {', '.join(f'{lr:g}' for lr in config['lrs'])} on the held-out "
+              f"split (chosen: {rates})" if len(config["lrs"]) > 1 else f"one learning rate for both arms, "
+              f"{config['lrs'][0]:g}")
     text = (
         f"Inception-v3 paper, sec. 7: label smoothing with eps = 0.1 (uniform prior) improved ImageNet top-1 by about "
         f"{100 * PAPER_GAIN:.1f}% absolute; the paper's argument is that one-hot targets drive the correct logit far "
@@ -103,9 +106,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
         f"ImageNet's, so the data here has K = {classes} (synthetic shapes, difficulty `{config['difficulty']}`). "
         f"Tier `{mode}`: {config['model']} (width_mult {config['width_mult']}) at {config['image_size']} px, "
         f"{config['n_train']:,} training images, {config['steps']} steps of {config['optimizer']} (batch "
-        f"{config['batch_size']}, {config['schedule']} schedule, weight decay {config['weight_decay']:g}); each arm's "
-        f"learning rate tuned over {', '.join(f'{lr:g}' for lr in config['lrs'])} on the held-out split (chosen: "
-        f"{rates}), then {config['seeds']} paired seeds (same initial weights and data order in both arms). "
+        f"{config['batch_size']}, {config['schedule']} schedule, weight decay {config['weight_decay']:g}); {tuning}, "
+        f"then {config['seeds']} paired seeds (same initial weights and data order in both arms). "
         f"Measured in eval mode on {config['n_val']:,} validation images: top-1, cross-entropy, ECE "
         f"({config['bins']} equal-width bins), mean confidence; the logit gap on {config['gap_images']:,} training "
         "images along training. Calibration is not the paper's claim. The training loss is against the smoothed "
