@@ -10,7 +10,7 @@ they "act as regularizer", "supported by the fact that the main classifier of th
 side branch is batch-normalized" (BN-auxiliary: top-1 error 21.6% -> 21.2%, Table 3).
 
 A regulariser can only act on a net that overfits, so the standard tier trains on a small training set for many
-epochs (750 images, about 20 epochs), where the network without heads should end above its validation accuracy
+epochs (700 images, about 20 epochs), where the network without heads should end above its validation accuracy
 on its training images. Where it does not (its mean train-minus-validation accuracy gap below ``min_gap``),
 every regulariser claim is ``not tested``: a gap that small leaves a regulariser nothing to close.
 
@@ -74,7 +74,7 @@ LOWER_LAYERS: dict[str, tuple[str, ...]] = {
 }
 
 # What the CPU tiers share: torchvision's GoogLeNet topology (BN body) at a quarter width on 64 px shapes (the heads
-# tap 4x4 grids), He-initialised convolutions, the paper's aux weight 0.3, a small training set (1,000 images) that
+# tap 4x4 grids), He-initialised convolutions, the paper's aux weight 0.3, a small training set (700-1,000 images) that
 # the net overfits, SGD with a warm-up then cosine schedule and no weight decay (the heads are the regulariser).
 _CPU: dict[str, Any] = dict(model="googlenet", width_mult=0.25, drop_rate=0.2, init="he", difficulty="default",
                             image_size=64, arms=ARMS, aux_weight=0.3, seed=0, n_train=1_000, batch_size=32,
@@ -86,12 +86,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # chance at 120 steps: its verdicts are not evidence.
     "quick": dict(_CPU, seeds=2, lrs=(0.03,), n_val=500, train_eval_images=500, steps=120, warmup_steps=10,
                   log_every=10, eval_every=40),
-    # Decides the claims on 2 CPU cores within ~800 CPU-s: 480 steps of 32 (20 epochs of 750 images), 5 paired
+    # Decides the claims on 2 CPU cores within ~800 CPU-s: 450 steps of 32 (20 epochs of 700 images), 5 paired
     # seeds x 3 arms = 15 runs at one rate for every arm (a second rate per arm would cost 6 runs more than the
-    # budget has). Estimate: 15 x 480 steps x ~0.10 CPU-s per step (measured on the quick tier, with evaluations)
-    # ~ 720 CPU-s, plus ~40 for imports and rendering: ~760 CPU-s, ~6.5 min on 2 idle cores.
-    "standard": dict(_CPU, seeds=5, lrs=(0.03,), n_train=750, n_val=1_000, train_eval_images=750, steps=480,
-                     warmup_steps=24, log_every=24, eval_every=96),
+    # budget has). Calibration (seed 0): at lr 0.03, 1,000 images, 450 steps: no heads 17.1% validation / 32.4%
+    # train (eval mode), BN heads 16.9% / 37.2%, 46-50 CPU-s per run (0.107 per step with evaluations on 1,000
+    # images); at lr 0.1, 700 images, 240 steps: no heads 15.4% / 20.2%, plain heads 10.0% / 18.6%. Both below
+    # the learnability gate (30% for ten classes): this net learns these shapes slowly at 64 px, and at this budget
+    # the comparisons are likely `not tested`; more steps or a faster-learning arm is the open question (see the
+    # report). Estimate: 15 x 450 steps x 0.107 ~ 720 CPU-s plus ~25 for imports and rendering: ~745 CPU-s, ~6 min
+    # on 2 idle cores.
+    "standard": dict(_CPU, seeds=5, lrs=(0.1,), n_train=700, n_val=1_000, train_eval_images=700, steps=450,
+                     warmup_steps=23, log_every=30, eval_every=90),
     # A GPU: Inception-v3 at half width on 299 px shapes with the paper's RMSProp (aux weight 0.4, weight decay
     # 4e-5), 5,000 training images for about 150 epochs, three rates per arm, 10 paired seeds. Not run here.
     "full": dict(model="inception_v3", width_mult=0.5, drop_rate=0.2, init="default", difficulty="hard",
