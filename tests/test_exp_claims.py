@@ -1,6 +1,7 @@
-"""The four training-claim experiments (residual_speedup, label_smoothing, aux_heads, bn_speedup) and their shared
+"""The training-claim experiments still on the old spread rule (residual_speedup, bn_speedup) and their shared
 helpers: config plumbing, result schemas, resumability, divergence as a result, the verdict rules on hand-made
-frames, calibration and logit-gap arithmetic, and each section rendered from a tiny config. Not the science."""
+frames, and each section rendered from a tiny config. Not the science. (label_smoothing and aux_heads moved to
+the verdict protocol: tests/test_exp_label_smoothing.py and tests/test_exp_aux_heads.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from analysis.experiments import aux_heads as ah
 from analysis.experiments import bn_speedup as bs
-from analysis.experiments import label_smoothing as ls
 from analysis.experiments import residual_speedup as rs
-from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
 from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
     INCONCLUSIVE_ONE_SEED,
@@ -36,14 +33,12 @@ from analysis.experiments import spread_rule as shared
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {
-    "label_smoothing": {**ls.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "seeds": 1},
     "residual_speedup": {**rs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "block_counts": (0, 0, 1),
                          "seeds": 1},
     # A rate a billion times the base: both norms diverge, which must be recorded, not raised.
     "bn_speedup": {**bs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "multipliers": (1, 1e9), "seeds": 1},
-    "aux_heads": {**ah.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "image_size": 32, "seeds": 1},
 }
-MODULES = {"label_smoothing": ls, "residual_speedup": rs, "bn_speedup": bs, "aux_heads": ah}
+MODULES = {"residual_speedup": rs, "bn_speedup": bs}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,32 +120,8 @@ def test_steps_to_target_censoring_and_auto_target():
     assert finite_evals(evals)["step"].tolist() == [2]
 
 
-def test_ece_and_reliability_bins_on_hand_made_probabilities():
-    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.45, 0.55]])
-    labels = torch.tensor([0, 1, 0, 0])
-    bins = reliability_bins(probs, labels, bins=5)
-    assert bins["count"].tolist() == [0, 0, 2, 0, 2]
-    assert bins.loc[2, "confidence"] == pytest.approx(0.55) and bins.loc[2, "accuracy"] == pytest.approx(0.5)
-    assert bins.loc[4, "confidence"] == pytest.approx(0.9) and bins.loc[4, "accuracy"] == pytest.approx(0.5)
-    # (2/4) * |0.5 - 0.55| + (2/4) * |0.5 - 0.9|
-    assert expected_calibration_error(probs, labels, bins=5) == pytest.approx(0.225)
-    with pytest.raises(ValueError, match="labels"):
-        reliability_bins(probs, labels[:2])
-
-
-def test_logit_gaps():
-    gaps = logit_gaps(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]))
-    assert gaps["gap_to_mean"] == pytest.approx((2.5 + 1.0) / 2)
-    assert gaps["gap_to_second"] == pytest.approx((2.0 + 0.0) / 2)
-    assert 1 / 3 < gaps["max_prob"] < 1
-    with pytest.raises(ValueError, match="logits"):
-        logit_gaps(torch.zeros(4))
-
-
 # ================================================================================================= configs
 def test_quick_and_full_configs_make_the_intended_points():
-    assert len(ls.make_points(ls.CONFIGS["quick"])) == 2 * 3
-    assert {p["label_smoothing"] for p in ls.make_points(ls.CONFIGS["quick"])} == {0.0, 0.1}
     quick = rs.make_points(rs.CONFIGS["quick"])
     assert len(quick) == 2 * 3 and {p["model"] for p in quick} == {"inception_resnet_v2_paper"}
     full = rs.make_points(rs.CONFIGS["full"])
@@ -158,7 +129,6 @@ def test_quick_and_full_configs_make_the_intended_points():
     points = bs.make_points(bs.CONFIGS["quick"])
     assert len(points) == 2 * 3 * 2
     assert sorted({p["lr"] for p in points}) == pytest.approx([0.002, 0.01, 0.06])
-    assert len(ah.make_points(ah.CONFIGS["quick"])) == 3 * 2
     for module in MODULES.values():
         assert {"quick", "full"} <= set(module.CONFIGS)
         points = module.make_points(module.CONFIGS["full"])
@@ -166,8 +136,6 @@ def test_quick_and_full_configs_make_the_intended_points():
 
 
 @pytest.mark.parametrize("module, change, message", [
-    (ls, {"epsilons": (0.1,)}, "baseline"),
-    (ls, {"epsilons": (0.0, 1.5)}, r"\[0, 1\)"),
     (rs, {"arms": ("no_shortcut", "inception")}, "residual"),
     (rs, {"variants": ("v3",)}, "variants"),
     (rs, {"image_size": 64}, "75"),
@@ -175,9 +143,6 @@ def test_quick_and_full_configs_make_the_intended_points():
     (bs, {"norms": ("bn",)}, "both"),
     (bs, {"multipliers": (5, 30)}, "include 1"),
     (bs, {"none_init": "lsuv"}, "none_init"),
-    (ah, {"model": "inception_v4"}, "no auxiliary heads"),
-    (ah, {"arms": ("heads", "heads_bn")}, "no_heads"),
-    (ah, {"steps": None, "early_fraction": 0.0}, "early_fraction"),
 ])
 def test_bad_configs_are_clear_errors(module, change, message):
     with pytest.raises(ValueError, match=message):
@@ -191,20 +156,6 @@ def test_a_config_missing_keys_is_a_clear_error(module):
 
 
 # ============================================================================================ running: schema
-def test_label_smoothing_schema(tiny_runs):
-    _, frame = tiny_runs["label_smoothing"]
-    assert list(frame.columns) == ["point_id"] + ls.RESULT_COLUMNS
-    for eps in (0.0, 0.1):
-        part = frame[frame["epsilon"] == eps]
-        assert part["split"].value_counts().to_dict() == {"reliability": 15, "train": 2, "val": 2, "final": 1}
-    final = ls.per_seed(frame)
-    assert list(final.columns) == ls.PER_SEED_COLUMNS and len(final) == 2
-    assert final["ece"].between(0, 1).all() and (final["gap_to_mean"] > 0).all()
-    bins = frame[frame["split"] == "reliability"]
-    assert (bins.groupby("epsilon")["count"].sum() == 16).all()
-    assert list(ls.summarise(frame).columns) == ls.SUMMARY_COLUMNS
-
-
 def test_residual_speedup_schema_and_cost(tiny_runs):
     _, frame = tiny_runs["residual_speedup"]
     assert list(frame.columns) == ["point_id"] + rs.RESULT_COLUMNS
@@ -234,21 +185,6 @@ def test_bn_speedup_records_divergence_as_a_result(tiny_runs):
     assert list(summary.columns) == bs.SUMMARY_COLUMNS and summary["diverged"].tolist() == [0, 1, 0, 1]
 
 
-def test_aux_heads_schema_and_gradient_reach(tiny_runs):
-    _, frame = tiny_runs["aux_heads"]
-    assert list(frame.columns) == ["point_id"] + ah.RESULT_COLUMNS
-    train = frame[frame["split"] == "train"]
-    assert len(train) == 3 * 2 and (train["grad_norm_lower"] > 0).all() and (train["grad_norm_first"] > 0).all()
-    # With heads the trainer's loss adds 0.3 x each head's loss to the main head's: it is larger.
-    with_heads = train[train["arm"] != "no_heads"]
-    assert (with_heads["loss"] > with_heads["main_loss"]).all()
-    no_heads = train[train["arm"] == "no_heads"]
-    assert np.allclose(no_heads["loss"], no_heads["main_loss"], rtol=1e-5)
-    seeds = ah.per_seed(frame, early_fraction=0.5)
-    assert list(seeds.columns) == ah.PER_SEED_COLUMNS and len(seeds) == 3
-    assert seeds["final_train_accuracy"].between(0, 1).all() and (seeds["early_step"] == 2).all()
-
-
 # ================================================================================================ resuming
 @pytest.mark.parametrize("name", list(MODULES))
 def test_a_second_run_runs_nothing_new(tiny_runs, monkeypatch, name):
@@ -264,36 +200,6 @@ def test_a_second_run_runs_nothing_new(tiny_runs, monkeypatch, name):
 
 
 # ================================================================================================ verdicts
-def _ls_final(acc0, acc1, gap0=(6.0, 6.2), gap1=(3.0, 3.1), ece0=(0.10, 0.11), ece1=(0.04, 0.05)):
-    rows = []
-    for eps, accs, gaps, eces in ((0.0, acc0, gap0, ece0), (0.1, acc1, gap1, ece1)):
-        for seed, (a, g, e) in enumerate(zip(accs, gaps, eces)):
-            rows.append({"epsilon": eps, "seed": seed, "accuracy": a, "loss": 1.0, "ece": e, "gap_to_mean": g,
-                         "gap_to_second": g / 2, "max_prob": 0.8, "diverged": False})
-    return pd.DataFrame(rows)
-
-
-# The parts of a label-smoothing verdict that _ls_final's default gaps and ECEs give in every case below.
-LS_ARGUMENT = ("the paper's argument, the largest logit's lead over the others: shows: mean gap to the other logits "
-               "3.05 vs 6.10 (effect +3.05, seed spread 0.20, 2 seeds)")
-LS_CALIBRATION = ("calibration (not the paper's claim): shows: ECE 0.045 vs 0.105 (effect +0.060, seed spread 0.010, "
-                  "2 seeds)")
-
-
-@pytest.mark.parametrize("without, with_smoothing, expected", [
-    ((0.50, 0.51), (0.55, 0.56), "shows: validation accuracy with eps 0.1 vs without 0.555 vs 0.505 (effect +0.050, "
-     f"seed spread 0.010, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
-    ((0.50, 0.60), (0.52, 0.58), "inconclusive: spread over seeds larger than the effect: validation accuracy with "
-     f"eps 0.1 vs without 0.550 vs 0.550 (effect +0.000, seed spread 0.100, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
-    ((0.56, 0.57), (0.50, 0.51), "does not show: validation accuracy with eps 0.1 vs without 0.505 vs 0.565 (effect "
-     f"-0.060, seed spread 0.010, 2 seeds); {LS_ARGUMENT}; {LS_CALIBRATION}"),
-    ((0.10, 0.11), (0.12, 0.10), "inconclusive: the networks did not learn beyond chance (mean validation accuracy "
-     "0.110 with, 0.105 without smoothing; chance + 3 SE = 0.128)"),
-])
-def test_label_smoothing_verdicts(without, with_smoothing, expected):
-    assert ls.verdict(_ls_final(without, with_smoothing), n_val=1000) == expected
-
-
 def _rs_seeds(res_steps, other_steps, other="no_shortcut", best=0.5):
     rows = []
     for arm, steps in (("residual", res_steps), (other, other_steps)):
@@ -374,54 +280,11 @@ def test_bn_speedup_verdicts(cells, expected):
     assert bs.verdict(_bs_seeds(cells), budget=200, n_val=500) == expected
 
 
-def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
-    rows = []
-    for (arm, accs), earlies in zip((("no_heads", none), ("heads", heads), ("heads_bn", bn)), early):
-        for seed, (a, e) in enumerate(zip(accs, earlies)):
-            rows.append({"arm": arm, "seed": seed, "early_step": 100.0, "early_val_accuracy": e,
-                         "final_val_accuracy": a, "final_train_accuracy": a + 0.1, "generalisation_gap": 0.1,
-                         "grad_norm_lower": 2.0 if arm != "no_heads" else 1.0, "grad_norm_first": 1.0,
-                         "diverged": False})
-    return pd.DataFrame(rows)
-
-
-AH_BN = ("BN in the heads helps: shows: final validation accuracy heads with BN vs without 0.505 vs 0.455 (effect "
-         "+0.050, seed spread 0.010, 2 seeds)")
-AH_EARLY = ("no early speed-up (v3 paper): shows (heads not ahead early beyond the seed spread): validation "
-            "accuracy at step 100, heads vs none 0.210 vs 0.205 (effect +0.005, seed spread 0.020, 2 seeds)")
-AH_GRADIENT = "gradient norm below the first head: 2 with heads vs 1 without (x2.00; first conv x1.00)"
-AH_SHOWS = ("shows: final validation accuracy with aux heads, no BN vs without heads 0.455 vs 0.405 (effect +0.050, "
-            "seed spread 0.010, 2 seeds)")
-AH_LEARNED = ((0.40, 0.41), (0.45, 0.46), (0.50, 0.51))
-
-
-@pytest.mark.parametrize("seeds, expected", [
-    (_ah_seeds(*AH_LEARNED), f"{AH_SHOWS}; {AH_BN}; {AH_EARLY}; {AH_GRADIENT}"),
-    (_ah_seeds(*AH_LEARNED).assign(generalisation_gap=0.01), f"{AH_SHOWS}; {AH_BN}; {AH_EARLY}; note: every net "
-     "underfits (train minus validation accuracy at most 0.010), so a regulariser has nothing to act on here; an "
-     f"accuracy gain at this budget is an optimisation effect; {AH_GRADIENT}"),
-    (_ah_seeds(*AH_LEARNED, early=((0.2, 0.21), (0.4, 0.41), (0.2, 0.2))), f"{AH_SHOWS}; {AH_BN}; no early speed-up "
-     "(v3 paper): does not show (heads ahead early beyond the seed spread): validation accuracy at step 100, heads vs "
-     f"none 0.405 vs 0.205 (effect +0.200, seed spread 0.010, 2 seeds); {AH_GRADIENT}"),
-    (_ah_seeds((0.40, 0.50), (0.44, 0.46), (0.5, 0.5)), "inconclusive: spread over seeds larger than the effect: final "
-     "validation accuracy with aux heads, no BN vs without heads 0.450 vs 0.450 (effect +0.000, seed spread 0.100, 2 "
-     "seeds); BN in the heads helps: shows: final validation accuracy heads with BN vs without 0.500 vs 0.450 (effect "
-     f"+0.050, seed spread 0.020, 2 seeds); {AH_EARLY}; {AH_GRADIENT}"),
-    (_ah_seeds((0.1, 0.1), (0.1, 0.11), (0.1, 0.1)), "inconclusive: the networks did not learn beyond chance (final "
-     "validation accuracy 0.100 without, 0.105 with heads; chance + 3 SE = 0.140)"),
-], ids=["shows", "underfit", "faster_early", "spread", "chance"])
-def test_aux_heads_verdicts(seeds, expected):
-    assert ah.verdict(seeds, n_val=500) == expected
-
-
 # ================================================================================================ sections
 @pytest.mark.parametrize("name, stems", [
-    ("label_smoothing", ["label_smoothing.md", "label_smoothing_seeds.csv", "label_smoothing_curves.png",
-                         "label_smoothing_reliability.png"]),
     ("residual_speedup", ["residual_speedup.md", "residual_speedup_curves.csv", "residual_speedup_accuracy.png",
                           "residual_speedup_loss.png", "residual_speedup_time.png"]),
     ("bn_speedup", ["bn_speedup.md", "bn_speedup_seeds.csv", "bn_speedup_accuracy.png", "bn_speedup_loss.png"]),
-    ("aux_heads", ["aux_heads.md", "aux_heads_seeds.csv", "aux_heads_curves.png", "aux_heads_gradients.png"]),
 ])
 def test_section_renders_tables_figures_and_verdict(tiny_runs, tmp_path, monkeypatch, name, stems):
     folder, _ = tiny_runs[name]

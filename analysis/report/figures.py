@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 from matplotlib.patches import Patch, Rectangle
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import seaborn as sns
 from analysis.io import atomic_path
 
 __all__ = ["STYLE", "band_lines", "bar_params_macs", "category_grid", "figure_style", "heatmap", "lines",
-           "reliability_figure", "save_figure", "stacked_shares", "styled"]
+           "readable_log_y", "reliability_figure", "save_figure", "stacked_shares", "styled"]
 
 # seaborn's theme for the report. ``color_codes=False``: seaborn would otherwise remap matplotlib's one-letter
 # colours ("b", "g", ...) for the whole process, a change that no rc context undoes.
@@ -144,6 +145,33 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     return fig
 
 
+class _ReadableLogLocator(mticker.LogLocator):
+    """Major ticks of a log axis at 1, 2 and 5 x 10^k; over a range holding fewer than two of those (a narrow
+    band such as 2.2-3.6), at most five evenly spaced round numbers instead of matplotlib's fallback of up to nine."""
+
+    def __init__(self) -> None:
+        super().__init__(base=10, subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin: float, vmax: float) -> Any:
+        low, high = sorted((vmin, vmax))
+        if low > 0:
+            decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+            if sum(low <= m * 10.0 ** d <= high for d in decades for m in (1, 2, 5)) < 2:
+                return mticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+        return super().tick_values(vmin, vmax)
+
+
+def readable_log_y(ax: Any) -> None:
+    """A log y axis whose ticks read: labels at 1, 2 and 5 times each power of ten (a few round numbers over a
+    range narrower than that), written as plain numbers (0.05, 2, 500; not 10^x with minor mantissas), unlabelled
+    minor ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(_ReadableLogLocator())
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(mticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 @styled
 def category_grid(frame: pd.DataFrame, *, x: str, y: str, category: str, categories: Sequence[str],
                   col: str | None = None, label: str | None = None, title: str = "", xlabel: str | None = None,
@@ -216,7 +244,7 @@ def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None
             ax.annotate(label, (0.01, level), xycoords=("axes fraction", "data"), fontsize="x-small",
                         color="grey", va="bottom")
         if logy:
-            ax.set_yscale("log")
+            readable_log_y(ax)
         ax.set_title(title if facet is None else str(facet))
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)
