@@ -158,6 +158,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 0,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (and at the end).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Write TensorBoard events to this folder: loss, accuracy, lr, gradient norm, dead units.")] = None,
+    dead_units_every: Annotated[Optional[int], typer.Option(help="Watch the layer before the pool for dead units every N steps.")] = None,
     knob: KnobOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -183,8 +185,17 @@ def train(
                eval_every=eval_every, checkpoint_every=checkpoint_every)
     config = TrainConfig.preset(preset, **run, **recipe) if preset else TrainConfig(**run, **recipe)
     config.validate()
+    callbacks = []
+    if dead_units_every is not None:
+        from analysis.instruments.dead_units import DeadUnitAlarm
+
+        callbacks.append(DeadUnitAlarm(every=dead_units_every))
+    if tensorboard is not None:
+        from analysis.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(tensorboard))
     seed_everything(seed)  # before building, so the seed decides the initialisation
-    log = Trainer(create_model(model, **knobs), config, train_set, val_set).fit()
+    log = Trainer(create_model(model, **knobs), config, train_set, val_set, callbacks=callbacks).fit()
     _emit(log.tail(5), fmt, title=f"{model}: last logged steps (full log: {out}/metrics.jsonl)")
 
 
