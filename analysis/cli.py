@@ -244,7 +244,7 @@ def dead_units(
 @app.command()
 def experiment(
     name: Annotated[str, typer.Argument(help="An experiment (see analysis/experiments).")],
-    config: Annotated[str, typer.Option(help="quick (2 CPU cores, minutes) | full (a GPU)")] = "quick",
+    config: Annotated[str, typer.Option(help="quick (a smoke test, minutes) | standard (2 CPU cores, <= 20 min, decides the claim) | full (a GPU or a cluster)")] = "quick",
     seed: Annotated[int, typer.Option(help="Seed of the whole experiment.")] = 0,
     results_dir: Annotated[Optional[Path], typer.Option(help="Resumable results folder (default: runs/experiments/NAME/...).")] = None,
     fmt: FormatOption = Format.table,
@@ -287,25 +287,36 @@ def smoothness(
                  "||g - grad L(w - eta g)||; beta_eff: max over eta of grad_pred / ||eta g|| (Santurkar et al. 2018)."])
 
 
+class TierName(str, Enum):
+    quick = "quick"
+    standard = "standard"
+    full = "full"
+
+
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
-    full: Annotated[bool, typer.Option("--full/--quick", help="Full (a GPU, hours) or quick (2 CPU cores).")] = False,
+    tier: Annotated[TierName, typer.Option(
+        help="quick: a smoke test in minutes (CI); standard: every trained claim decided on 2 CPU cores (<= 2 h), "
+             "the committed reports/; full: the papers' scale on a GPU or a cluster.")] = TierName.quick,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Report folder (default: reports/ for the standard tier, runs/report-quick/ and runs/report-full/ "
+             "for the others).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every experiment.")] = 0,
     section: Annotated[Optional[list[str]], typer.Option("--section", help="Only these sections (repeatable).")] = None,
     all_sections: Annotated[bool, typer.Option("--all", help="Every section, the slower claims included.")] = False,
     results_root: Annotated[Optional[Path], typer.Option(
-        help="Where the experiments keep their resumable results, a folder per experiment, mode and seed "
+        help="Where the experiments keep their resumable results, a folder per experiment, tier and seed "
              "(default: runs/experiments).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a folder that holds another tier's report.")] = False,
 ) -> None:
-    """Write the paper-style report (Markdown, LaTeX, CSV, PNG) to reports/."""
+    """Write the paper-style report (Markdown, LaTeX, CSV, PNG) of one tier."""
     from analysis.experiments.runner import RESULTS_ROOT
     from analysis.report.build import build_report
 
     if all_sections and section:
         raise ValueError("give --all or --section, not both")
-    index = build_report(out, mode="full" if full else "quick", seed=seed, sections="all" if all_sections else section,
-                         results_root=results_root or RESULTS_ROOT)
+    index = build_report(out, tier=tier.value, seed=seed, sections="all" if all_sections else section,
+                         results_root=results_root or RESULTS_ROOT, force=force)
     typer.echo(f"wrote {index}")
 
 
@@ -334,8 +345,12 @@ def main() -> None:
 
     try:
         app()
-    except (ValueError, TypeError, FileNotFoundError, KeyError, TrainingDiverged) as err:
+    except (ValueError, TypeError, KeyError, TrainingDiverged) as err:
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:  # a missing file, a full disk, no permission: the path and the reason, no traceback
+        reason = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+        typer.echo(f"error: {reason}", err=True)
         sys.exit(2)
 
 

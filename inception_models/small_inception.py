@@ -220,7 +220,7 @@ class SmallInception(InceptionNet):
         # this project uses for no-BN baselines after Santurkar et al. 2018 (not checked against their text: they
         # released no code). It shrinks ReLU activations layer by layer: at quarter width and batch 32 the
         # no-BN net stayed at chance under SGD (lr 0.01-0.4) in our measurements, so the smoothness
-        # experiment re-initialises it from data (analysis.experiments.norm_variants.data_dependent_init).
+        # experiment re-initialises it from data (analysis.training.init.data_dependent_init).
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)

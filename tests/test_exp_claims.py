@@ -16,7 +16,7 @@ from analysis.experiments import bn_speedup as bs
 from analysis.experiments import label_smoothing as ls
 from analysis.experiments import residual_speedup as rs
 from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
-from analysis.experiments.verdict import (
+from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
     INCONCLUSIVE_ONE_SEED,
     INCONCLUSIVE_SPREAD,
@@ -32,7 +32,7 @@ from analysis.report import sections
 from analysis.report.build import render_section
 from analysis.report.document import Section
 from analysis.training.sweep import point_id
-from analysis.experiments import verdict as shared
+from analysis.experiments import spread_rule as shared
 
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.experiments.verdict import final_evals
+from analysis.experiments.spread_rule import final_evals
 from analysis.experiments import factorization_grid as fg
 from analysis.experiments import load_experiment, resolve_config
 from analysis.report.document import Section

@@ -89,41 +89,6 @@ def test_a_config_missing_keys_is_a_clear_error():
         sm.run({"variants": ("bn", "none")}, progress=False)
 
 
-# ------------------------------------------------------------------------------------------- initialisation
-def test_data_dependent_init_normalises_every_conv_on_its_batch():
-    torch.manual_seed(0)
-    model = create_model("small_inception", norm="none", width_mult=0.125)
-    images = torch.randn(16, 3, 32, 32)
-    sm.data_dependent_init(model, images)
-    stats = []
-    hooks = [m.register_forward_hook(lambda m, i, o: stats.append((o.mean((0, 2, 3)), o.std((0, 2, 3)))))
-             for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(images)
-    for h in hooks:
-        h.remove()
-    assert len(stats) == sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 19
-    for mean, std in stats:
-        assert mean.abs().max() < 1e-4
-        assert (std - 1).abs().max() < 1e-3
-    assert model.training
-
-
-def test_data_dependent_init_rejects_a_single_image():
-    model = create_model("small_inception", norm="none", width_mult=0.125)
-    with pytest.raises(ValueError, match="batch"):
-        sm.data_dependent_init(model, torch.randn(1, 3, 32, 32))
-
-
-def test_he_init_has_the_relu_gain():
-    torch.manual_seed(0)
-    model = sm.he_init(create_model("small_inception", norm="none", width_mult=0.5))
-    conv = model.stage2[0].branch1x1.conv
-    fan_in = conv.weight[0].numel()
-    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
-    assert float(conv.bias.detach().abs().max()) == 0.0
-
-
 # ---------------------------------------------------------------------------------------------- noisy BN
 class _FakeTrainer:
     def __init__(self, model: nn.Module) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import load_experiment, resolve_config
-from analysis.experiments.verdict import final_evals
+from analysis.experiments.spread_rule import final_evals
 from analysis.experiments import xception_vs_v3 as xv
 from analysis.report.document import Section
 from analysis.report.sections import xception_vs_v3 as xv_section

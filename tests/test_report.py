@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
 import analysis.report.build as report_build
 from analysis.report.build import build_report
+from analysis.experiments.verdict import Claim, PairedEffect, Verdict
 from analysis.report.document import Figure, Section, Table
+from analysis.report.latex import INSTALL_HINT, compile_pdf, pdflatex_available
+from analysis.report.tables import Column
 
 
 def tiny_section(mode: str, seed: int, results_root=None) -> Section:
@@ -36,11 +42,11 @@ def sections(monkeypatch):
 
 
 def test_writes_every_format_and_links_them(tmp_path, sections):
-    index = build_report(tmp_path / "reports", sections=["tiny"], seed=3, progress=False)
+    index = build_report(tmp_path / "reports", sections=["tiny"], seed=3, progress=False, pdf=False)
     folder = index.parent
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["index.md", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png", "tiny_long.csv", "tiny_long.md",
-                     "tiny_long.tex"]
+    assert names == ["index.md", "provenance.json", "report.tex", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png",
+                     "tiny_long.csv", "tiny_long.md", "tiny_long.tex"]
     text = index.read_text()
     assert "## Tiny (quick)" in text and "**Verdict at this scale:** shows" in text
     assert "1,003" in text
@@ -51,19 +57,26 @@ def test_writes_every_format_and_links_them(tmp_path, sections):
     assert (folder / "tiny_bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _without_provenance(index: Path) -> list[str]:
+    return [line for line in index.read_text().splitlines() if not line.startswith(("Code:", "Machine:"))]
+
+
 def test_same_seed_same_bytes(tmp_path, sections):
-    first = build_report(tmp_path / "one", sections=["tiny"], progress=False).parent
-    second = build_report(tmp_path / "two", sections=["tiny"], progress=False).parent
+    """Every table and figure is byte-identical; index.md differs only in its provenance lines (time, machine)."""
+    first = build_report(tmp_path / "one", sections=["tiny"], progress=False, pdf=False).parent
+    second = build_report(tmp_path / "two", sections=["tiny"], progress=False, pdf=False).parent
     for path in first.iterdir():
-        assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+        if path.name not in ("index.md", "provenance.json", "report.tex"):
+            assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+    assert _without_provenance(first / "index.md") == _without_provenance(second / "index.md")
 
 
 def test_a_failing_section_leaves_the_old_report_intact(tmp_path, sections):
     out = tmp_path / "reports"
-    build_report(out, sections=["tiny"], progress=False)
+    build_report(out, sections=["tiny"], progress=False, pdf=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(RuntimeError, match="experiment crashed"):
-        build_report(out, progress=False)
+        build_report(out, progress=False, pdf=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["reports"]  # no staging folder left behind
 
@@ -71,8 +84,8 @@ def test_a_failing_section_leaves_the_old_report_intact(tmp_path, sections):
 def test_bad_arguments(tmp_path, sections):
     with pytest.raises(ValueError, match=r"unknown report section\(s\) \['nope'\]; known sections: tiny, broken"):
         build_report(tmp_path / "r", sections=["nope"])
-    with pytest.raises(ValueError, match="mode must be 'quick' or 'full'"):
-        build_report(tmp_path / "r", mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tier must be one of quick, standard, full"):
+        build_report(tmp_path / "r", tier="fast")  # type: ignore[arg-type]
     assert not (tmp_path / "r").exists()
 
 
@@ -80,7 +93,7 @@ def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
     keys = [key for key, _ in report_build.SECTIONS]
-    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
+    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS, "blocks"]
     assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
@@ -95,11 +108,85 @@ def test_default_sections_per_mode(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report_build, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
     monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("a", "c"))
-    build_report(tmp_path / "q", progress=False)
-    build_report(tmp_path / "f", mode="full", progress=False)
-    build_report(tmp_path / "all", sections="all", progress=False)
+    build_report(tmp_path / "q", progress=False, pdf=False)
+    build_report(tmp_path / "f", tier="full", progress=False, pdf=False)
+    build_report(tmp_path / "all", sections="all", progress=False, pdf=False)
     assert ran == [("a", "quick"), ("c", "quick"), ("a", "full"), ("b", "full"), ("c", "full"),
                    ("a", "quick"), ("b", "quick"), ("c", "quick")]
+
+
+def _claim(word: str, effect: float, low: float, high: float) -> Claim:
+    paired = PairedEffect(n=5, treatment_mean=0.8, control_mean=0.8 - effect, effect=effect, median=effect, sd=0.01,
+                          ci_low=low, ci_high=high, mde=0.02, p_value=0.01)
+    return Claim("BN trains faster", "Ioffe & Szegedy 2015, sec. 4.2", "BN reaches the accuracy in fewer steps",
+                 "tiny", "area under the validation curve", Verdict(word, paired, "10/10", ""))
+
+
+def test_claims_at_a_glance_and_claims_csv(tmp_path, monkeypatch):
+    def claiming(mode, seed, results_root):
+        return Section(title="Tiny claims", claims=[_claim("supports", 0.05, 0.02, 0.08),
+                                                    _claim("no effect detected", 0.01, -0.01, 0.03)])
+
+    monkeypatch.setattr(report_build, "SECTIONS", [("claims", claiming)])
+    index = build_report(tmp_path / "r", tier="standard", sections=["claims"], progress=False, pdf=False)
+    text = index.read_text()
+    glance = text.index("## Claims at a glance")
+    assert glance < text.index("## Tiny claims")  # at the top, before the sections
+    assert "[BN trains faster](#tiny-claims)" in text and "+0.05 [+0.02, +0.08]" in text
+    assert "**no effect detected**" in text and "**Tier: `standard`**" in text
+    claims = pd.read_csv(index.parent / "claims.csv")
+    assert list(claims.columns[:12]) == ["claim", "paper", "statement", "experiment", "measure", "effect", "ci_low",
+                                         "ci_high", "seeds", "arms_learned", "mde", "verdict"]
+    assert claims["verdict"].tolist() == ["supports", "no effect detected"]
+    assert claims["section"].tolist() == ["index.md#tiny-claims"] * 2
+    provenance = json.loads((index.parent / "provenance.json").read_text())
+    assert provenance["tier"] == "standard" and set(provenance["sections"]) == {"claims"}
+    assert {"torch", "fvcore"} <= set(provenance["packages"])
+
+
+def test_each_tier_has_its_folder_and_another_tiers_report_is_not_overwritten(tmp_path, monkeypatch, sections):
+    monkeypatch.chdir(tmp_path)
+    quick = build_report(sections=["tiny"], progress=False, pdf=False)
+    assert quick == Path("runs") / "report-quick" / "index.md"
+    standard = build_report(tier="standard", sections=["tiny"], progress=False, pdf=False)
+    assert standard == Path("reports") / "index.md"
+    before = {p.name: p.read_bytes() for p in Path("reports").iterdir()}
+    with pytest.raises(ValueError, match="reports holds the standard tier's report; writing the quick tier there"):
+        build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False)
+    assert {p.name: p.read_bytes() for p in Path("reports").iterdir()} == before
+    build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False, force=True, pdf=False)
+    assert json.loads(Path("reports/provenance.json").read_text())["tier"] == "quick"
+
+
+def _long_section(mode, seed, results_root=None) -> Section:
+    frame = pd.DataFrame({"grid": range(8, 60), "scheme": ["5x5->2x3x3"] * 52, "ratio": [18 / 25] * 52})
+    return Section(title="Symbols: 5x5 -> two 3x3 >= 28% ± 0", text="`code`, **bold** and a [link](#x).",
+                   verdict="supports: +0.05 [+0.02, +0.08]", claims=[_claim("supports", 0.05, 0.02, 0.08)],
+                   tables=[Table("long", "A long table (52 rows > 40): a longtable in the appendix", frame,
+                                 inline=False),
+                           Table("short", "A short one with a display spec", frame.head(3),
+                                 columns={"grid": Column("Grid (px)"), "ratio": Column("Ratio", digits=2, best="max")})],
+                   figures=[Figure("fig", "A figure", lambda: plt.subplots()[0])])
+
+
+@pytest.mark.skipif(not pdflatex_available(), reason=f"pdflatex is not installed ({INSTALL_HINT})")
+@pytest.mark.slow
+def test_the_report_compiles_to_a_pdf_and_every_table_compiles_on_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_build, "SECTIONS", [("long", _long_section)])
+    folder = build_report(tmp_path / "r", tier="standard", progress=False).parent
+    assert (folder / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    source = (folder / "report.tex").read_text()
+    assert r"\input{claims.tex}" in source and r"\appendix" in source and source.index(r"\input{short.tex}") < \
+        source.index(r"\appendix") < source.index(r"\input{long.tex}")
+    long_table = (folder / "long.tex").read_text()
+    assert long_table.startswith(r"\begin{longtable}") and r"\label{tab:long}" in long_table
+    assert r"5$\times$5$\rightarrow$2$\times$3$\times$3" in long_table and "->" not in long_table
+    for table in ("long", "short", "claims"):
+        standalone = tmp_path / f"alone-{table}.tex"
+        standalone.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{longtable}\n"
+                              f"\\begin{{document}}\n\\input{{{folder / table}.tex}}\n\\end{{document}}\n")
+        compile_pdf(tmp_path, standalone.name)
+        assert (tmp_path / f"alone-{table}.pdf").exists()
 
 
 @pytest.mark.slow
@@ -147,6 +234,22 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     assert wide.set_index("model").loc["small_inception", "4x4"] == 0.0  # its last stage runs at 8x8
     assert section.tables[0].notes[0].startswith("MACs: fvcore counts one fused multiply-add")
     assert _drawn(section) == ["gmacs_by_grid"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_blocks_appendix_has_one_table_per_model_summing_to_its_total(monkeypatch):
+    from analysis.instruments.counting import count_model, create_model_for_counting, totals
+    from analysis.report.sections import zoo as report_sections
+
+    counts = {"small_inception": count_model(create_model_for_counting("small_inception"), input_size=32)}
+    monkeypatch.setattr(report_sections, "list_models", lambda: ["small_inception"])
+    monkeypatch.setattr(report_sections, "_counts", counts.__getitem__)
+    section = report_sections.blocks_section("quick", 0)
+    (table,) = section.tables
+    assert table.stem == "blocks_small_inception" and not table.inline
+    frame = table.frame.set_index("block")
+    assert frame.loc["(total)", "params"] == 1_651_114 == frame.drop(index="(total)")["params"].sum()
+    assert frame.loc["(total)", "macs"] == totals(counts["small_inception"])["macs"]
 
 
 @pytest.mark.usefixtures("one_thread")

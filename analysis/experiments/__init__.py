@@ -12,7 +12,7 @@ The report renders each one (:mod:`analysis.report.sections`): it calls ``run(CO
 results_dir=default_results_dir(name, mode, seed, results_root))`` and draws tables and figures from the frames.
 
 What they share is in :mod:`~analysis.experiments.runner` (points, workers, resumability, one training run
-per point), :mod:`~analysis.experiments.verdict` (the verdict rules), :mod:`~analysis.experiments.calibration`
+per point), :mod:`~analysis.experiments.verdict` (the paired-seed protocol), :mod:`~analysis.experiments.calibration`
 and :mod:`~analysis.experiments.norm_variants` (what the batch-norm experiments vary).
 
 :data:`EXPERIMENTS` lists them by name for the CLI (``inception-lab experiment NAME --config quick``).

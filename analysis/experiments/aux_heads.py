@@ -42,7 +42,7 @@ from torch import nn
 
 from analysis.callbacks import Callback
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
-from analysis.experiments.verdict import (
+from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
     INCONCLUSIVE_ONE_SEED,
     SHOWS,

@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from analysis.experiments.norm_variants import he_init
+from analysis.training.init import he_init
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
-from analysis.experiments.verdict import (
+from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
     SHOWS,
     auto_target,

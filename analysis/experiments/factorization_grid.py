@@ -34,7 +34,7 @@ from analysis.experiments.runner import (
     threads,
     train_point,
 )
-from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
+from analysis.experiments.spread_rule import compare, final_evals, learned_threshold, seed_stats
 from inception_models.small_inception import stage_grid_sizes
 
 __all__ = [

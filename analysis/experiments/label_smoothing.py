@@ -29,7 +29,7 @@ import torch
 
 from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads, train_point
-from analysis.experiments.verdict import compare, learned_threshold
+from analysis.experiments.spread_rule import compare, learned_threshold
 from inception_models import create_model
 
 __all__ = ["CONFIGS", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "make_points", "run_point", "run", "summarise",
@@ -195,7 +195,7 @@ def verdict(final: pd.DataFrame, *, n_val: int, epsilon: float = PAPER_EPSILON, 
     (the paper's claim; the headline word), and, reported after it with their own words, does it shrink the gap
     between the largest logit and the others (the paper's argument) and lower the ECE?
 
-    Networks that did not learn beyond chance (:func:`~analysis.experiments.verdict.learned_threshold` on
+    Networks that did not learn beyond chance (:func:`~analysis.experiments.spread_rule.learned_threshold` on
     ``n_val`` images) make it inconclusive; diverged runs are left out and counted.
     """
     if final.empty:

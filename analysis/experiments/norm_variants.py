@@ -1,5 +1,5 @@
-"""What the batch-norm experiments vary besides the ``norm`` knob: initialisations under which a network
-without BN learns (He; data-dependent), and Santurkar et al.'s "noisy BatchNorm" (:class:`BatchNormNoise`).
+"""What the batch-norm experiments vary besides the ``norm`` knob and the initialisation
+(:mod:`analysis.training.init`): Santurkar et al.'s "noisy BatchNorm" (:class:`BatchNormNoise`).
 """
 
 from __future__ import annotations
@@ -12,58 +12,7 @@ from torch import nn
 
 from analysis.callbacks import Callback
 
-__all__ = ["BatchNormNoise", "data_dependent_init", "he_init"]
-
-
-# ------------------------------------------------------------------------------------------- initialisation
-def he_init(model: nn.Module) -> nn.Module:
-    """He (Kaiming) normal init for every conv (fan-in, ReLU gain) and zero conv biases; the classifier is kept.
-
-    He, Zhang, Ren, Sun, "Delving Deep into Rectifiers", ICCV 2015: keeps the activation variance from layer to
-    layer under ReLU, where Glorot's shrinks it (by about 0.8 per layer in the no-BN small Inception).
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return model
-
-
-@torch.no_grad()
-def data_dependent_init(model: nn.Module, images: torch.Tensor, eps: float = 1e-5) -> nn.Module:
-    """Rescale every conv so that its output channels have zero mean and unit variance on ``images``.
-
-    A data-dependent initialisation in the manner of Kraehenbuehl, Doersch, Donahue, Darrell ("Data-dependent
-    Initializations of Convolutional Neural Networks", ICLR 2016) and LSUV (Mishkin & Matas, ICLR 2016): in one
-    forward pass, in network order, each conv's weight is divided by its per-channel standard deviation and its
-    bias set so the mean is zero, and the normalised output goes on to the next layer. A no-BN net thus starts
-    with the activation statistics a BN net has at its first step. Convs without a bias are only rescaled. The
-    model's train/eval mode is restored; nothing else (no BN buffer) is touched.
-    """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 2:
-        raise ValueError("images must be a batch (N >= 2, C, H, W) of training images, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}")
-
-    def normalise(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        mean = output.mean((0, 2, 3))
-        std = output.std((0, 2, 3)) + eps
-        module.weight.div_(std.view(-1, 1, 1, 1))
-        if module.bias is not None:
-            module.bias.sub_(mean).div_(std)
-            return (output - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        return output / std.view(1, -1, 1, 1)
-
-    was_training = model.training
-    hooks = [m.register_forward_hook(normalise) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        model.train()
-        model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return model
+__all__ = ["BatchNormNoise"]
 
 
 # ------------------------------------------------------------------------------------------------ noisy BN

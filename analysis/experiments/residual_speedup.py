@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from analysis.experiments.runner import CPU_QUICK, GPU_FULL, check_config, run_points, threads, train_point
-from analysis.experiments.verdict import (
+from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
     SHOWS,
     auto_target,
@@ -218,7 +218,7 @@ def run(config: dict[str, Any], *, results_dir: str | Path | None = None, progre
 def resolve_target(results: pd.DataFrame, config: dict[str, Any]) -> float:
     """The target validation accuracy: ``config["target"]`` when given; otherwise ``target_fraction`` x the mean
     best validation accuracy of the weakest arm (the lowest such mean), but at least chance + 3 standard errors
-    (:func:`analysis.experiments.verdict.auto_target`): every arm gets about there, so the question is who gets
+    (:func:`analysis.experiments.spread_rule.auto_target`): every arm gets about there, so the question is who gets
     there first, the BN paper's way of asking."""
     if config["target"] is not None:
         return float(config["target"])

@@ -29,8 +29,10 @@ import pandas as pd
 import torch
 
 from analysis.callbacks import Callback
+from analysis.data.difficulty import parse_difficulty
 from analysis.data.synthetic import make_synthetic
 from analysis.training.config import TrainConfig
+from analysis.training.init import initialise, share_weights
 from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
 from analysis.training.trainer import Trainer, TrainingDiverged, seed_everything
 from inception_models import create_model
@@ -45,8 +47,10 @@ __all__ = [
     "TRAIN_KEYS",
     "CpuClock",
     "TrainOutcome",
+    "build_arm_model",
     "check_config",
     "default_results_dir",
+    "num_classes",
     "run_points",
     "tensors",
     "threads",
@@ -84,9 +88,16 @@ def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESU
 
 # ==================================================================================================== running
 @lru_cache(maxsize=6)
-def tensors(split: str, n: int, image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process."""
-    return make_synthetic(split, n, image_size, seed).tensors()
+def tensors(split: str, n: int, image_size: int, seed: int = 0,
+            difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process (``difficulty``: a
+    spec of :func:`analysis.data.difficulty.parse_difficulty`)."""
+    return make_synthetic(split, n, image_size, seed, difficulty=difficulty).tensors()
+
+
+def num_classes(point: Mapping[str, Any]) -> int:
+    """The number of classes of a point's data (ten unless its ``difficulty`` adds hue bins)."""
+    return parse_difficulty(point.get("difficulty", "default")).num_classes
 
 
 @contextlib.contextmanager
@@ -177,14 +188,33 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
     return table
 
 
-# The recipe an SGD experiment's config hands every point (factorization_grid, xception_vs_v3).
+def _point_data(point: Mapping[str, Any]) -> tuple[int, str]:
+    """A point's data seed and difficulty spec, the arguments :func:`tensors` takes after the size."""
+    return int(point.get("data_seed", 0)), str(point.get("difficulty", "default"))
+
+
+def build_arm_model(point: Mapping[str, Any], train_images: torch.Tensor | None = None) -> torch.nn.Module:
+    """The network of a point's arm, initialised for its seed: ``create_model(point["model"], num_classes=K,
+    **point["knobs"])`` right after seeding with ``point["seed"]``; then, with ``point["share"]`` (``{"model",
+    "knobs"}`` of the arm it is paired with), every tensor that arm's network of the same seed has under the same
+    name and shape is copied in (:func:`analysis.training.init.share_weights`), so two arms of one seed differ only
+    where their structure does; then ``point["init"]`` (``"data"``: the data-dependent initialisation on the first
+    256 ``train_images``)."""
+    classes = num_classes(point)
+    seed_everything(int(point["seed"]))
+    model = create_model(str(point["model"]), num_classes=classes, **dict(point.get("knobs") or {}))
+    share = point.get("share")
+    if share:
+        seed_everything(int(point["seed"]))
+        reference = create_model(str(share["model"]), num_classes=classes, **dict(share.get("knobs") or {}))
+        share_weights(model, reference)
+    batch = None if train_images is None else train_images[:256]
+    return initialise(model, str(point.get("init", "default")), batch)
 
 
 # The recipe an SGD experiment's config hands every point (factorization_grid, xception_vs_v3).
 RECIPE_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps",
                "log_every", "eval_every", "device")
-
-# The point keys that are TrainConfig fields (missing ones take TrainConfig's defaults).
 
 # The point keys that set TrainConfig fields (missing ones take TrainConfig's defaults): TrainConfig's own fields,
 # but for those a point does not decide (the model and how the run reports).
@@ -223,26 +253,31 @@ class TrainOutcome:
         return frame.assign(**constants, diverged=self.diverged, diverged_step=self.diverged_step)
 
 
-def train_point(point: Mapping[str, Any], model: torch.nn.Module | str, *,
+def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = None, *,
                 model_kwargs: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
                 setup: Callable[[Any], None] | None = None) -> TrainOutcome:
-    """Train ``model`` on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, an
-    optional ``data_seed`` (default 0) and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on the training rows.
+    """Train a network on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, optional
+    ``data_seed`` (default 0), ``difficulty`` (default ``"default"``) and ``eval_split`` (``"val"``, or ``"test"``
+    for the held-out split a learning-rate sweep is judged on), and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on
+    the training rows.
 
-    ``model`` is a built network, or a registry name built here as ``create_model(model, num_classes=10,
-    **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init). A
-    NaN/inf loss (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets
-    ``diverged_step``. ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace
-    its criterion)."""
-    data_seed = int(point.get("data_seed", 0))
-    train = tensors("train", int(point["n_train"]), int(point["image_size"]), data_seed)
-    val = tensors("val", int(point["n_val"]), int(point["image_size"]), data_seed)
+    ``model`` is a built network; a registry name, built here as ``create_model(model, num_classes=K,
+    **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init); or None: the
+    point's arm (:func:`build_arm_model`: ``model``, ``knobs``, ``share``, ``init``). A NaN/inf loss
+    (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets ``diverged_step``.
+    ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace its criterion)."""
+    data = _point_data(point)
+    train = tensors("train", int(point["n_train"]), int(point["image_size"]), *data)
+    val = tensors(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
     values = {k: point[k] for k in TRAIN_KEYS if k in point}
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])
-    if isinstance(model, str):
+    if model is None:
+        name = str(point["model"])
+        model = build_arm_model(point, train[0])
+    elif isinstance(model, str):
         name = model
-        values["model_kwargs"] = {"num_classes": CLASSES, **(model_kwargs or {})}
+        values["model_kwargs"] = {"num_classes": num_classes(point), **(model_kwargs or {})}
     else:
         name = str(point.get("model", type(model).__name__))
     config = TrainConfig(model=name, progress=False, **values)

@@ -18,7 +18,7 @@ variants learn:
 * **Initialisation of the no-BN net** (``none_init``): the model's own no-BN init is Glorot uniform (the
   paper's choice); at this scale it stayed at chance, as did He (Kaiming) init (the sweep re-checks both,
   ``init_check`` at ``init_check_lrs``, rows with ``compared=False``). ``"data"`` is a data-dependent init
-  (:func:`~analysis.experiments.norm_variants.data_dependent_init`, after Kraehenbuehl et al., ICLR 2016, and
+  (:func:`~analysis.training.init.data_dependent_init`, after Kraehenbuehl et al., ICLR 2016, and
   LSUV, Mishkin & Matas, ICLR 2016): every conv's output channels are normalised to zero mean and unit variance
   on one batch of training images, so the no-BN net starts where the BN net starts and differs from it only during training.
 * **Learning rate**: a short sweep (``lrs`` x variants, ``sweep_steps`` steps, no probes) picks the rate at
@@ -52,10 +52,11 @@ import torch
 from torch import nn
 
 from analysis.callbacks import Callback
-from analysis.experiments.norm_variants import BatchNormNoise, data_dependent_init, he_init
+from analysis.experiments.norm_variants import BatchNormNoise
 from analysis.experiments.runner import CLASSES, CPU_QUICK, GPU_FULL, check_config, run_points, tensors, threads
 from analysis.instruments.line_search import LandscapeProbe
 from analysis.training.config import TrainConfig
+from analysis.training.init import data_dependent_init, he_init
 from analysis.training.trainer import Trainer, TrainingDiverged
 from inception_models import create_model, model_info
 

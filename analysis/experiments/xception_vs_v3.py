@@ -38,7 +38,7 @@ from analysis.experiments.runner import (
     threads,
     train_point,
 )
-from analysis.experiments.verdict import compare, final_evals, learned_threshold, seed_stats
+from analysis.experiments.spread_rule import compare, final_evals, learned_threshold, seed_stats
 
 __all__ = [
     "CONFIGS",
@@ -226,7 +226,7 @@ def verdicts(summary: pd.DataFrame, final: pd.DataFrame, *, n_val: int, chance: 
     ``param_tolerance``) and ``"mid_activation"`` (Xception more accurate without the ReLU between depthwise
     and pointwise convolutions than with it).
 
-    A network that did not learn beyond chance (:func:`~analysis.experiments.verdict.learned_threshold`) makes the first claim
+    A network that did not learn beyond chance (:func:`~analysis.experiments.spread_rule.learned_threshold`) makes the first claim
     inconclusive:
     it is about accuracy at equal capacity once trained, and a slow start in a short budget says nothing about
     that. The second claim is also about speed (Fig. 10: "faster convergence and better final performance"),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.instruments.counting import MAC_CONVENTION
 from analysis.instruments.factorization import factorization_study, undo_factorization_table
-from analysis.report.document import Figure, Mode, Section, Table
+from analysis.report.document import Figure, Section, Table, Tier
 from analysis.report.figures import lines, styled
 
 __all__ = ["section"]
@@ -34,7 +34,7 @@ def _saved_by_grid_figure(study: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def section(mode: Mode, seed: int, results_root: Path | None = None) -> Section:
+def section(mode: Tier, seed: int, results_root: Path | None = None) -> Section:
     """5x5 vs two 3x3 and n x n vs 1 x n + n x 1, measured per grid; whole models with factorisation undone."""
     study = factorization_study(range(8, 36), FACTORIZATION_CHANNELS)
     if not study["exact"].all():

@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.experiments.factorization_grid import BASELINE, CONFIGS, NAME, PAPER_GRID_RANGE, run, summarise, verdict
 from analysis.experiments.runner import RESULTS_ROOT, default_results_dir
-from analysis.experiments.verdict import final_evals
+from analysis.experiments.spread_rule import final_evals
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import styled
 from inception_models.small_inception import stage_grid_sizes

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.experiments.runner import CHANCE, RESULTS_ROOT, default_results_dir
-from analysis.experiments.verdict import final_evals
+from analysis.experiments.spread_rule import final_evals
 from analysis.experiments.xception_vs_v3 import CONFIGS, NAME, run, summarise, verdict
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import styled
