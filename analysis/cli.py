@@ -46,6 +46,91 @@ KnobOption = Annotated[
 ]
 
 
+class LauncherName(str, Enum):
+    local = "local"
+    submitit = "submitit"
+
+
+class ClusterName(str, Enum):
+    slurm = "slurm"
+    local = "local"
+    debug = "debug"
+
+
+class StalePolicy(str, Enum):
+    refuse = "refuse"
+    rerun = "rerun"
+    reuse = "reuse"
+
+
+# The options of every command that runs sweeps (experiment, smoothness, report), added by @_sweep_options.
+_SWEEP_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("launcher", Annotated[Optional[LauncherName], typer.Option(
+        help="Where the points run: local (workers on this machine, --gpus) or submitit (a SLURM job array, "
+             "--cluster). Default: as the experiment's config says.", rich_help_panel="Sweeps")], None),
+    ("cluster", Annotated[ClusterName, typer.Option(
+        help="submitit's cluster: slurm, or local (jobs as processes here: a dry run) or debug (in this process).",
+        rich_help_panel="Sweeps")], ClusterName.slurm),
+    ("partition", Annotated[Optional[str], typer.Option(help="SLURM partition.", rich_help_panel="Sweeps")], None),
+    ("gpus_per_node", Annotated[int, typer.Option(help="SLURM GPUs per job.", rich_help_panel="Sweeps")], 0),
+    ("cpus_per_task", Annotated[Optional[int], typer.Option(help="SLURM CPUs per job.",
+                                                             rich_help_panel="Sweeps")], None),
+    ("time_limit", Annotated[int, typer.Option(help="SLURM time limit of a job, in minutes; a job that reaches it "
+                                                    "is requeued and resumes from its checkpoint.",
+                                               rich_help_panel="Sweeps")], 60),
+    ("array_parallelism", Annotated[int, typer.Option(help="SLURM jobs of the array running at once.",
+                                                      rich_help_panel="Sweeps")], 64),
+    ("gpus", Annotated[Optional[str], typer.Option(help="--launcher local: all, auto, a count or a list like 0,1 "
+                                                        "(CUDA_VISIBLE_DEVICES per worker).",
+                                                   rich_help_panel="Sweeps")], None),
+    ("workers_per_gpu", Annotated[int, typer.Option(help="--launcher local: workers on each GPU.",
+                                                    rich_help_panel="Sweeps")], 1),
+    ("stale", Annotated[Optional[StalePolicy], typer.Option(
+        help="Results made by other code (another fingerprint): refuse (the default), rerun or reuse them.",
+        rich_help_panel="Sweeps")], None),
+)
+
+
+def _sweep_options(command):
+    """Give a command that runs sweeps the :data:`_SWEEP_OPTIONS`: its sweeps run under
+    :func:`~analysis.training.sweep.sweep_defaults` built from them, and it prints, on stderr, the finished
+    results it reused (one line per results file)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(command, eval_str=True)  # typer reads the Annotated options off it
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, annotation, default in _SWEEP_OPTIONS]
+
+    @functools.wraps(command)
+    def with_sweeps(**kwargs):
+        from analysis.training.launch import launcher_from_options
+        from analysis.training.sweep import sweep_defaults
+
+        options = {name: kwargs.pop(name) for name, _, _ in _SWEEP_OPTIONS}
+        launcher, stale = options.pop("launcher"), options.pop("stale")
+        if launcher is None and (options["gpus"] is not None or options["partition"] is not None):
+            raise ValueError("--gpus and --partition choose where a --launcher runs the points: give --launcher "
+                             "local or --launcher submitit with them")
+        chosen = None if launcher is None else launcher_from_options(
+            launcher.value, cluster=options.pop("cluster").value, **options)
+        reused: dict[str, str] = {}
+
+        def heard(status, policy) -> None:
+            if status.current or (status.stale and policy == "reuse"):
+                reused.setdefault(str(status.results_path), status.describe())
+
+        try:
+            with sweep_defaults(launcher=chosen, stale=None if stale is None else stale.value, on_reuse=heard):
+                return command(**kwargs)
+        finally:
+            for line in reused.values():
+                typer.echo(f"reused: {line}", err=True)
+
+    with_sweeps.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    return with_sweeps
+
+
 def parse_knobs(items: list[str] | None) -> dict[str, object]:
     """``["width_mult=0.5", "norm=none"]`` -> ``{"width_mult": 0.5, "norm": "none"}`` (Python literals, else str)."""
     knobs: dict[str, object] = {}
@@ -242,6 +327,7 @@ def dead_units(
 
 
 @app.command()
+@_sweep_options
 def experiment(
     name: Annotated[str, typer.Argument(help="An experiment (see analysis/experiments).")],
     config: Annotated[str, typer.Option(help="quick (a smoke test, minutes) | standard (2 CPU cores, <= 20 min, decides the claim) | full (a GPU or a cluster)")] = "quick",
@@ -262,6 +348,7 @@ def experiment(
 
 
 @app.command()
+@_sweep_options
 def smoothness(
     full: Annotated[bool, typer.Option("--full/--quick", help="Full (a GPU) or quick (2 CPU cores, minutes).")] = False,
     model: Annotated[str, typer.Option(help="A model with norm and width_mult knobs.")] = "small_inception",
@@ -294,6 +381,7 @@ class TierName(str, Enum):
 
 
 @app.command()
+@_sweep_options
 def report(
     tier: Annotated[TierName, typer.Option(
         help="quick: a smoke test in minutes (CI); standard: every trained claim decided on 2 CPU cores (<= 2 h), "

@@ -33,7 +33,8 @@ from analysis.data.difficulty import parse_difficulty
 from analysis.data.synthetic import make_synthetic
 from analysis.training.config import TrainConfig
 from analysis.training.init import initialise, share_weights
-from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
+from analysis.training.provenance import experiment_fingerprint
+from analysis.training.sweep import default_launcher, point_id, points_to_run, read_results, run_sweep
 from analysis.training.trainer import Trainer, TrainingDiverged, seed_everything
 from inception_models import create_model
 
@@ -128,8 +129,9 @@ class CpuClock(Callback):
             trainer.log_metrics({"cpu_s": time.process_time() - self._start})
 
 
-def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str) -> None:
-    run_sweep([point], run_point, path, isolate=False)
+def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str,
+               fingerprint: str | None = None, stale: str | None = None) -> None:
+    run_sweep([point], run_point, path, isolate=False, fingerprint=fingerprint, stale=stale)  # type: ignore[arg-type]
 
 
 def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
@@ -142,6 +144,10 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
     ``workers`` > 1 runs that many points at once, each in a spawned worker process (``run_point`` must be a
     module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
     Appends are serialised by the sweep's file lock, so a killed run resumes with the finished points kept.
+    A launcher set by :func:`~analysis.training.sweep.sweep_defaults` (the command line's ``--launcher``) places
+    the points instead of ``workers``. Results are fingerprinted with the code of ``run_point``'s module
+    (:func:`~analysis.training.provenance.experiment_fingerprint`); those of other code are refused, rerun or
+    reused as the sweep defaults' ``stale`` says.
 
     ``columns`` gives the table ``point_id`` + those columns (in that order, missing ones blank); the
     ``numeric`` ones are made numbers (the JSON-lines file stores NaN as null) and the ``flags`` booleans.
@@ -154,14 +160,17 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
         path = Path(results_dir) / "results.jsonl"
-        pending = pending_points(points, path)
+        fingerprint = experiment_fingerprint(getattr(run_point, "func", run_point).__module__)  # a partial: its function
+        pending, stale = points_to_run(points, path, fingerprint)
         bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
-        if workers == 1 or len(pending) <= 1:
+        if default_launcher() is not None and pending:
+            run_sweep(pending, run_point, path, fingerprint=fingerprint, stale=stale, on_done=lambda _: bar.update(1))
+        elif workers == 1 or len(pending) <= 1:
             for point in pending:
-                run_sweep([point], run_point, path, isolate=isolate)
+                run_sweep([point], run_point, path, isolate=isolate, fingerprint=fingerprint, stale=stale)
                 bar.update(1)
         else:
-            job = partial(_sweep_one, run_point=run_point, path=str(path))
+            job = partial(_sweep_one, run_point=run_point, path=str(path), fingerprint=fingerprint, stale=stale)
             try:
                 with ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
                     for future in as_completed([pool.submit(job, point) for point in pending]):
