@@ -8,6 +8,8 @@ stack trace.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -85,10 +87,26 @@ _SWEEP_OPTIONS: tuple[tuple[str, object, object], ...] = (
                                                    rich_help_panel="Sweeps")], None),
     ("workers_per_gpu", Annotated[int, typer.Option(help="--launcher local: workers on each GPU.",
                                                     rich_help_panel="Sweeps")], 1),
+    ("tensorboard", Annotated[Optional[Path], typer.Option(
+        help="Write each trained point's TensorBoard events to DIR/<point id>.", rich_help_panel="Sweeps")], None),
     ("stale", Annotated[Optional[StalePolicy], typer.Option(
         help="Results made by other code (another fingerprint): refuse (the default), rerun or reuse them.",
         rich_help_panel="Sweeps")], None),
 )
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """The block with the environment variable ``name`` set to ``value`` (worker processes and jobs inherit it)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _sweep_options(command):
@@ -108,7 +126,7 @@ def _sweep_options(command):
         from analysis.training.sweep import sweep_defaults
 
         options = {name: kwargs.pop(name) for name, _, _ in _SWEEP_OPTIONS}
-        launcher, stale = options.pop("launcher"), options.pop("stale")
+        launcher, stale, board = options.pop("launcher"), options.pop("stale"), options.pop("tensorboard")
         if launcher is None and (options["gpus"] is not None or options["partition"] is not None):
             raise ValueError("--gpus and --partition choose where a --launcher runs the points: give --launcher "
                              "local or --launcher submitit with them")
@@ -121,7 +139,13 @@ def _sweep_options(command):
                 reused.setdefault(str(status.results_path), status.describe())
 
         try:
-            with sweep_defaults(launcher=chosen, stale=None if stale is None else stale.value, on_reuse=heard):
+            with contextlib.ExitStack() as stack:
+                if board is not None:
+                    from analysis.experiments.runner import TENSORBOARD_ENV
+
+                    stack.enter_context(_environment(TENSORBOARD_ENV, str(board.resolve())))
+                stack.enter_context(sweep_defaults(launcher=chosen, stale=None if stale is None else stale.value,
+                                                   on_reuse=heard))
                 return command(**kwargs)
         finally:
             for line in reused.values():
@@ -434,6 +458,11 @@ def main() -> None:
     try:
         app()
     except (ValueError, TypeError, KeyError, TrainingDiverged) as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except ImportError as err:  # an optional extra not installed (tensorboard, submitit): its pip line
+        if "pip install" not in str(err):
+            raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except OSError as err:  # a missing file, a full disk, no permission: the path and the reason, no traceback

@@ -99,3 +99,28 @@ def test_train_writes_tensorboard_events_from_the_command_line(monkeypatch, caps
     tags = set(_events(tmp_path / "tb").Tags()["scalars"])
     assert {"train/loss", "train/accuracy", "train/lr", "train/grad_norm", "val/loss"} <= tags
     assert any(t.startswith("dead_units/") and t.endswith("/dead_fraction") for t in tags)
+
+
+def test_without_tensorboard_the_command_line_names_the_extra(monkeypatch, capsys, tmp_path: Path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    monkeypatch.delitem(sys.modules, "analysis.training.tensorboard", raising=False)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "small_inception", "--data", "synthetic", "--n-train",
+                             "8", "--image-size", "32", "--steps", "1", "--out", str(tmp_path / "run"),
+                             "--tensorboard", str(tmp_path / "tb"))
+    assert code == 2 and err == "error: TensorBoard logging needs tensorboard: pip install 'inception-lab[tensorboard]'\n"
+
+
+def test_an_experiments_points_log_to_tensorboard_when_asked(monkeypatch, tmp_path: Path):
+    """`inception-lab experiment ... --tensorboard DIR` sets TENSORBOARD_ENV: each trained point gets its curves."""
+    from analysis.experiments.runner import TENSORBOARD_ENV, train_point
+    from analysis.training.sweep import point_id
+
+    point = dict(n_train=8, n_val=4, image_size=32, steps=2, batch_size=4, lr=0.05, log_every=1, device="cpu",
+                 seed=0)
+    monkeypatch.setenv(TENSORBOARD_ENV, str(tmp_path / "tb"))
+    outcome = train_point(point, "small_inception", model_kwargs={"width_mult": 0.25})
+    events = _events(tmp_path / "tb" / point_id(point))
+    assert _values(events, "train/loss") == pytest.approx(
+        {r["step"]: r["loss"] for r in outcome.trainer.history if r["split"] == "train"})

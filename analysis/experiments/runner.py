@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -45,6 +46,7 @@ __all__ = [
     "GPU_FULL",
     "RECIPE_KEYS",
     "RESULTS_ROOT",
+    "TENSORBOARD_ENV",
     "TRAIN_KEYS",
     "CpuClock",
     "TrainOutcome",
@@ -63,6 +65,10 @@ CHANCE = 1.0 / CLASSES
 
 # The default root of the experiments' resumable results, relative to the current directory.
 RESULTS_ROOT = Path("runs") / "experiments"
+
+# A folder in this environment variable (the command line's --tensorboard) gets each trained point's TensorBoard
+# events, in a folder per point id; an environment variable reaches worker processes and cluster jobs.
+TENSORBOARD_ENV = "INCEPTION_LAB_TENSORBOARD"
 
 # Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
 # worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
@@ -268,7 +274,7 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
     """Train a network on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, optional
     ``data_seed`` (default 0), ``difficulty`` (default ``"default"``) and ``eval_split`` (``"val"``, or ``"test"``
     for the held-out split a learning-rate sweep is judged on), and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on
-    the training rows.
+    the training rows (and TensorBoard events when :data:`TENSORBOARD_ENV` names a folder).
 
     ``model`` is a built network; a registry name, built here as ``create_model(model, num_classes=K,
     **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init); or None: the
@@ -294,6 +300,10 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
         seed_everything(config.seed)
         model = create_model(name, **config.model_kwargs)
     clock = CpuClock(config.log_every)
+    if os.environ.get(TENSORBOARD_ENV):
+        from analysis.training.tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger(Path(os.environ[TENSORBOARD_ENV]) / point_id(point))]
     trainer = Trainer(model, config, train, val, callbacks=[clock, *callbacks])
     if setup is not None:
         setup(trainer)
