@@ -115,7 +115,7 @@ def test_report_writes_only_the_requested_section(monkeypatch, capsys, tmp_path)
     index = (tmp_path / "rep" / "index.md").read_text()
     assert [line for line in index.splitlines() if line.startswith("## ")] == ["## Factorization: what each form costs"]
     names = {p.name for p in (tmp_path / "rep").iterdir()}
-    assert {"undo_factorization.csv", "factorization_all.csv", "factorization_saving_by_grid.png"} <= names
+    assert {"undo_factorization.csv", "factorization_all.csv", "factorization_ratio_by_grid.png"} <= names
     assert {p.name for p in tmp_path.iterdir()} == {"rep"}  # no staging folder left
     study = pd.read_csv(tmp_path / "rep" / "factorization_all.csv")
     factorized = study[study["form"] == "factorized"]
