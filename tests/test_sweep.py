@@ -349,7 +349,10 @@ class _CountingExperiment:
     def run(cls, config: dict, results_dir: Path) -> pd.DataFrame:
         from analysis.experiments.runner import run_points
 
-        return run_points(cls.POINTS, counting, results_dir, progress=False, columns=["name", "starts"])
+        from analysis.training.provenance import experiment_fingerprint
+
+        return run_points(cls.POINTS, counting, results_dir, progress=False, columns=["name", "starts"],
+                          fingerprint=experiment_fingerprint(__name__))
 
 
 @pytest.mark.slow
@@ -398,20 +401,24 @@ def test_experiment_on_submitits_local_cluster_resumes_a_killed_job_and_prints_w
 
 
 def test_an_experiments_results_of_other_code_are_refused_reused_or_rerun_as_the_command_line_says(tmp_path: Path):
-    """The experiments' runner fingerprints its results with the code of the point function's module: rows of
-    another fingerprint are refused by default, and reused or rerun under `--stale` (sweep_defaults)."""
-    from analysis.experiments.runner import run_points
+    """The experiments' runner fingerprints an experiment's results with the code of its point function's module:
+    rows of another fingerprint are refused by default, and reused or rerun under `--stale` (sweep_defaults)."""
+    from analysis.experiments import dead_units
+    from analysis.experiments.runner import point_code_fingerprint, run_points
+    from analysis.training.provenance import experiment_fingerprint
 
+    assert point_code_fingerprint(dead_units.run_point) == experiment_fingerprint(dead_units)
+    assert point_code_fingerprint(where) is None  # a test's (or a script's) function: given by its caller
     points, results = [dict(index=0), dict(index=1)], tmp_path / "results.jsonl"
     run_sweep(points, where, results, fingerprint="0123456789abcdef", isolate=False)  # "older code"
-    old = read_results(results)["pid"].tolist()
+    old, mine = read_results(results)["pid"].tolist(), experiment_fingerprint(__name__)
     with pytest.raises(StaleResultsError, match="2 point.*made by other code.*--stale rerun"):
-        run_points(points, where, tmp_path, progress=False)
+        run_points(points, where, tmp_path, progress=False, fingerprint=mine)
     heard: list = []
     with sweep_defaults(stale="reuse", on_reuse=lambda status, policy: heard.append((len(status.stale), policy))):
-        assert run_points(points, where, tmp_path, progress=False)["pid"].tolist() == old
+        assert run_points(points, where, tmp_path, progress=False, fingerprint=mine)["pid"].tolist() == old
     assert heard == [(2, "reuse")]
     with sweep_defaults(stale="rerun"):
-        table = run_points(points, where, tmp_path, progress=False, workers=2)
+        table = run_points(points, where, tmp_path, progress=False, workers=2, fingerprint=mine)
     assert len(table) == 2 and set(table["code_fingerprint"]) != {"0123456789abcdef"}
     assert old == [os.getpid()] * 2 and os.getpid() not in set(table["pid"])  # rerun, in the spawned workers

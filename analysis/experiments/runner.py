@@ -54,6 +54,7 @@ __all__ = [
     "check_config",
     "default_results_dir",
     "num_classes",
+    "point_code_fingerprint",
     "run_points",
     "tensors",
     "threads",
@@ -140,10 +141,18 @@ def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFram
     run_sweep([point], run_point, path, isolate=False, fingerprint=fingerprint, stale=stale)  # type: ignore[arg-type]
 
 
+def point_code_fingerprint(run_point: Callable[[dict], Any]) -> str | None:
+    """The fingerprint of the code behind ``run_point``'s results: its module's
+    (:func:`~analysis.training.provenance.experiment_fingerprint`) when it is one of this package's, else None
+    (a script's or a test's point function is not fingerprinted unless its caller gives one)."""
+    module = getattr(getattr(run_point, "func", run_point), "__module__", None)  # a partial: its function
+    return experiment_fingerprint(module) if module and module.startswith("analysis.") else None
+
+
 def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
                results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
                desc: str = "points", columns: Sequence[str] | None = None, numeric: Sequence[str] = (),
-               flags: Sequence[str] = ()) -> pd.DataFrame:
+               flags: Sequence[str] = (), fingerprint: str | None = None) -> pd.DataFrame:
     """Run the unfinished ``points`` into ``results_dir/results.jsonl`` (a temporary folder when None) through
     :func:`analysis.training.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
 
@@ -151,9 +160,9 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
     module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
     Appends are serialised by the sweep's file lock, so a killed run resumes with the finished points kept.
     A launcher set by :func:`~analysis.training.sweep.sweep_defaults` (the command line's ``--launcher``) places
-    the points instead of ``workers``. Results are fingerprinted with the code of ``run_point``'s module
-    (:func:`~analysis.training.provenance.experiment_fingerprint`); those of other code are refused, rerun or
-    reused as the sweep defaults' ``stale`` says.
+    the points instead of ``workers``. Results are fingerprinted with ``fingerprint``, by default
+    :func:`point_code_fingerprint`; those of other code are refused, rerun or reused as the sweep defaults'
+    ``stale`` says.
 
     ``columns`` gives the table ``point_id`` + those columns (in that order, missing ones blank); the
     ``numeric`` ones are made numbers (the JSON-lines file stores NaN as null) and the ``flags`` booleans.
@@ -166,7 +175,7 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
         path = Path(results_dir) / "results.jsonl"
-        fingerprint = experiment_fingerprint(getattr(run_point, "func", run_point).__module__)  # a partial: its function
+        fingerprint = point_code_fingerprint(run_point) if fingerprint is None else fingerprint
         pending, stale = points_to_run(points, path, fingerprint)
         bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
         if default_launcher() is not None and pending:
