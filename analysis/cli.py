@@ -394,8 +394,10 @@ def smoothness(
                        results_dir=results_dir or default_results_dir(f"smoothness-{model}", mode, seed))
     probes = module.probe_table(frame)
     _emit(probes, fmt, title=f"Loss-surface probes along training ({model}, {mode}, seed {seed})",
-          notes=["loss_min/max: the loss over the step sizes eta in [lr/2, 4 lr] along -g; grad_pred: "
-                 "||g - grad L(w - eta g)||; beta_eff: max over eta of grad_pred / ||eta g|| (Santurkar et al. 2018)."])
+          notes=["loss_range: max - min of the loss over the step sizes eta in [lr/2, 4 lr] along -g; grad_pred_max: "
+                 "max over eta of ||g - grad L(w - eta g)||; beta_eff: max over eta of that / ||eta g||; hessian_top: "
+                 "the top Hessian eigenvalue (Santurkar et al. 2018). rate: shared (both networks at one rate) or "
+                 "own (each at its tuned rate)."])
 
 
 class TierName(str, Enum):
