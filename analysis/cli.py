@@ -8,6 +8,8 @@ stack trace.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -44,6 +46,113 @@ KnobOption = Annotated[
     Optional[list[str]],
     typer.Option("--knob", "-k", help="A model knob as NAME=VALUE (repeatable), e.g. -k width_mult=0.5 -k norm=none."),
 ]
+
+
+class LauncherName(str, Enum):
+    local = "local"
+    submitit = "submitit"
+
+
+class ClusterName(str, Enum):
+    slurm = "slurm"
+    local = "local"
+    debug = "debug"
+
+
+class StalePolicy(str, Enum):
+    refuse = "refuse"
+    rerun = "rerun"
+    reuse = "reuse"
+
+
+# The options of every command that runs sweeps (experiment, smoothness, report), added by @_sweep_options.
+_SWEEP_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("launcher", Annotated[Optional[LauncherName], typer.Option(
+        help="Where the points run: local (workers on this machine, --gpus) or submitit (a SLURM job array, "
+             "--cluster). Default: as the experiment's config says.", rich_help_panel="Sweeps")], None),
+    ("cluster", Annotated[ClusterName, typer.Option(
+        help="submitit's cluster: slurm, or local (jobs as processes here: a dry run) or debug (in this process).",
+        rich_help_panel="Sweeps")], ClusterName.slurm),
+    ("partition", Annotated[Optional[str], typer.Option(help="SLURM partition.", rich_help_panel="Sweeps")], None),
+    ("gpus_per_node", Annotated[int, typer.Option(help="SLURM GPUs per job.", rich_help_panel="Sweeps")], 0),
+    ("cpus_per_task", Annotated[Optional[int], typer.Option(help="SLURM CPUs per job.",
+                                                             rich_help_panel="Sweeps")], None),
+    ("time_limit", Annotated[int, typer.Option(help="SLURM time limit of a job, in minutes; a job that reaches it "
+                                                    "is requeued and resumes from its checkpoint.",
+                                               rich_help_panel="Sweeps")], 60),
+    ("array_parallelism", Annotated[int, typer.Option(help="SLURM jobs of the array running at once.",
+                                                      rich_help_panel="Sweeps")], 64),
+    ("gpus", Annotated[Optional[str], typer.Option(help="--launcher local: all, auto, a count or a list like 0,1 "
+                                                        "(CUDA_VISIBLE_DEVICES per worker).",
+                                                   rich_help_panel="Sweeps")], None),
+    ("workers_per_gpu", Annotated[int, typer.Option(help="--launcher local: workers on each GPU.",
+                                                    rich_help_panel="Sweeps")], 1),
+    ("tensorboard", Annotated[Optional[Path], typer.Option(
+        help="Write each trained point's TensorBoard events to DIR/<point id>.", rich_help_panel="Sweeps")], None),
+    ("stale", Annotated[Optional[StalePolicy], typer.Option(
+        help="Results made by other code (another fingerprint): refuse (the default), rerun or reuse them.",
+        rich_help_panel="Sweeps")], None),
+)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """The block with the environment variable ``name`` set to ``value`` (worker processes and jobs inherit it)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _sweep_options(command):
+    """Give a command that runs sweeps the :data:`_SWEEP_OPTIONS`: its sweeps run under
+    :func:`~analysis.training.sweep.sweep_defaults` built from them, and it prints, on stderr, the finished
+    results it reused (one line per results file)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(command, eval_str=True)  # typer reads the Annotated options off it
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, annotation, default in _SWEEP_OPTIONS]
+
+    @functools.wraps(command)
+    def with_sweeps(**kwargs):
+        from analysis.training.launch import launcher_from_options
+        from analysis.training.sweep import sweep_defaults
+
+        options = {name: kwargs.pop(name) for name, _, _ in _SWEEP_OPTIONS}
+        launcher, stale, board = options.pop("launcher"), options.pop("stale"), options.pop("tensorboard")
+        if launcher is None and (options["gpus"] is not None or options["partition"] is not None):
+            raise ValueError("--gpus and --partition choose where a --launcher runs the points: give --launcher "
+                             "local or --launcher submitit with them")
+        chosen = None if launcher is None else launcher_from_options(
+            launcher.value, cluster=options.pop("cluster").value, **options)
+        reused: dict[str, str] = {}
+
+        def heard(status, policy) -> None:
+            if status.current or (status.stale and policy == "reuse"):
+                reused.setdefault(str(status.results_path), status.describe())
+
+        try:
+            with contextlib.ExitStack() as stack:
+                if board is not None:
+                    from analysis.experiments.runner import TENSORBOARD_ENV
+
+                    stack.enter_context(_environment(TENSORBOARD_ENV, str(board.resolve())))
+                stack.enter_context(sweep_defaults(launcher=chosen, stale=None if stale is None else stale.value,
+                                                   on_reuse=heard))
+                return command(**kwargs)
+        finally:
+            for line in reused.values():
+                typer.echo(f"reused: {line}", err=True)
+
+    with_sweeps.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    return with_sweeps
 
 
 def parse_knobs(items: list[str] | None) -> dict[str, object]:
@@ -162,6 +271,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 0,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (and at the end).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Write TensorBoard events to this folder: loss, accuracy, lr, gradient norm, dead units.")] = None,
+    dead_units_every: Annotated[Optional[int], typer.Option(help="Watch the layer before the pool for dead units every N steps.")] = None,
     knob: KnobOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -189,8 +300,17 @@ def train(
                checkpoint_every=checkpoint_every)
     config = TrainConfig.preset(preset, **run, **recipe) if preset else TrainConfig(**run, **recipe)
     config.validate()
+    callbacks = []
+    if dead_units_every is not None:
+        from analysis.instruments.dead_units import DeadUnitAlarm
+
+        callbacks.append(DeadUnitAlarm(every=dead_units_every))
+    if tensorboard is not None:
+        from analysis.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(tensorboard))
     seed_everything(seed)  # before building, so the seed decides the initialisation
-    log = Trainer(create_model(model, **knobs), config, train_set, val_set).fit()
+    log = Trainer(create_model(model, **knobs), config, train_set, val_set, callbacks=callbacks).fit()
     _emit(log.tail(5), fmt, title=f"{model}: last logged steps (full log: {out}/metrics.jsonl)")
 
 
@@ -237,6 +357,7 @@ def dead_units(
 
 
 @app.command()
+@_sweep_options
 def experiment(
     name: Annotated[str, typer.Argument(help="An experiment (see analysis/experiments).")],
     config: Annotated[str, typer.Option(help="quick (a smoke test, minutes) | standard (2 CPU cores, <= 20 min, decides the claim) | full (a GPU or a cluster)")] = "quick",
@@ -257,6 +378,7 @@ def experiment(
 
 
 @app.command()
+@_sweep_options
 def smoothness(
     full: Annotated[bool, typer.Option("--full/--quick", help="Full (a GPU) or quick (2 CPU cores, minutes).")] = False,
     model: Annotated[str, typer.Option(help="A model with norm and width_mult knobs.")] = "small_inception",
@@ -291,6 +413,7 @@ class TierName(str, Enum):
 
 
 @app.command()
+@_sweep_options
 def report(
     tier: Annotated[TierName, typer.Option(
         help="quick: a smoke test in minutes (CI); standard: every trained claim decided on 2 CPU cores (<= 2 h), "
@@ -343,6 +466,11 @@ def main() -> None:
     try:
         app()
     except (ValueError, TypeError, KeyError, TrainingDiverged) as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except ImportError as err:  # an optional extra not installed (tensorboard, submitit): its pip line
+        if "pip install" not in str(err):
+            raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except OSError as err:  # a missing file, a full disk, no permission: the path and the reason, no traceback

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -12,6 +12,14 @@ from inception_models.layers import check_input
 # torchvision's ``transform_input``: ImageNet channel means and standard deviations (RGB).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# The global pools forward_head can use (timm's names; "" keeps the feature map).
+GLOBAL_POOLS: dict[str, Callable[[], nn.Module]] = {
+    "avg": lambda: nn.AdaptiveAvgPool2d(1),
+    "max": lambda: nn.AdaptiveMaxPool2d(1),
+    "": nn.Identity,
+}
 
 
 class InceptionOutputs(NamedTuple):
@@ -35,6 +43,9 @@ class InceptionNet(nn.Module):
 
     model_name: str = "inception"
     min_input_size: int = 1
+    num_features: int
+    # The pool of forward_head, a key of GLOBAL_POOLS (make_head builds the average pool).
+    global_pool_type: str = "avg"
     # The submodules from the input to the feature map, in forward order (the classifier head not included).
     feature_stages: tuple[str, ...] = ()
 
@@ -52,6 +63,14 @@ class InceptionNet(nn.Module):
         """Raise a ``ValueError`` naming the minimum size or ``in_chans`` when ``x`` does not fit."""
         check_input(x, in_chans=self.in_chans, min_size=self.min_input_size, model_name=self.model_name)
 
+    def _check_unless_traced(self, x: torch.Tensor) -> None:
+        """:meth:`check_input`, except while ``torch.fx`` traces the model symbolically (``symbolic_trace``,
+        torchvision's ``create_feature_extractor``): then ``x`` is a ``Proxy`` whose shape is not known, and a
+        comparison on it cannot decide an ``if``. The traced graph has no check; eager mode and ``torch.export``
+        (which traces with real shapes) keep it."""
+        if not isinstance(x, torch.fx.Proxy):
+            self.check_input(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before global average pooling: ``feature_stages`` applied in order."""
         if not self.feature_stages:
@@ -61,16 +80,40 @@ class InceptionNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pooling, dropout and the classifier; ``pre_logits`` stops before the classifier."""
-        x = torch.flatten(self.global_pool(x), 1)
+        """Global pooling (average unless :meth:`reset_classifier` chose otherwise), dropout and the classifier;
+        ``pre_logits`` stops before the classifier. Without a pool (``global_pool=''``) the map stays a map."""
+        x = self.global_pool(x)
+        if self.global_pool_type:
+            x = torch.flatten(x, 1)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's contract: a fresh classifier for ``num_classes`` (0: none, the model returns its pooled
+        features, ``num_features`` wide), pooled by ``global_pool`` (``"avg"``, ``"max"``, or ``""``: no pool,
+        the model returns the feature map, which needs ``num_classes=0``; ``None`` keeps the current pool).
+        Auxiliary heads get a fresh classifier too (none with 0 classes), as timm's Inception-v3 does. The new
+        layers take the model's device and dtype and PyTorch's default initialisation."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 drops the classifier), got {num_classes}")
+        pool = self.global_pool_type if global_pool is None else global_pool
+        if pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool={global_pool!r} is not supported; use one of "
+                             f"{', '.join(map(repr, GLOBAL_POOLS))}")
+        if not pool and num_classes:
+            raise ValueError("global_pool='' returns the unpooled feature map, which a linear classifier cannot "
+                             "take; use num_classes=0 with it, or a pool ('avg', 'max')")
+        like = next(self.parameters())
+        self.global_pool = GLOBAL_POOLS[pool]()
+        self.global_pool_type = pool
+        self.fc = _classifier(self.num_features, num_classes, like)
+        self.num_classes = num_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        self._check_unless_traced(x)
         return self.forward_head(self.forward_features(x))
 
 
@@ -84,6 +127,8 @@ class InceptionNetWithAux(InceptionNet):
     [-1, 1] scaling torchvision's pretrained weights were trained with (torchvision's ``transform_input``).
     """
 
+    # Feature stage -> the auxiliary head reading its output. A head registers its classifier last (so that
+    # reset_classifier finds it).
     aux_taps: Mapping[str, str] = {}
 
     def __init__(
@@ -126,14 +171,32 @@ class InceptionNetWithAux(InceptionNet):
         """The feature map before global average pooling (the auxiliary heads do not run)."""
         return self._body(x, with_aux=False)[0]
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        for head in dict.fromkeys(self.aux_taps.values()):
+            module = getattr(self, head)
+            if module is None:
+                continue
+            name, old = list(module.named_children())[-1]  # an aux head registers its classifier last
+            features = old.in_features if isinstance(old, nn.Linear) else module.num_features
+            module.num_features = features
+            setattr(module, name, _classifier(features, num_classes, next(self.parameters())))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:  # type: ignore[override]
-        self.check_input(x)
+        self._check_unless_traced(x)
         with_aux = self.training and self.aux_logits
         features, aux = self._body(x, with_aux=with_aux)
         logits = self.forward_head(features)
         if with_aux:
             return InceptionOutputs(logits, aux[0] if len(aux) == 1 else tuple(aux))
         return logits
+
+
+def _classifier(num_features: int, num_classes: int, like: torch.Tensor) -> nn.Module:
+    """A linear classifier on ``like``'s device and dtype, or the identity for 0 classes."""
+    if num_classes == 0:
+        return nn.Identity()
+    return nn.Linear(num_features, num_classes, device=like.device, dtype=like.dtype)
 
 
 def make_head(num_features: int, num_classes: int, drop_rate: float) -> tuple[nn.Module, nn.Module, nn.Module]:

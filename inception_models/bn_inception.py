@@ -120,6 +120,14 @@ class BNInceptionModule(nn.Module):
         return torch.cat((self.branch1x1(x), self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(x)), 1)
 
 
+@torch.fx.wrap  # one call in a torch.fx graph: the grid's parity is decided when the graph runs, not traced
+def _pad_odd_grid(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with one row / column of -inf at the bottom / right where its grid is odd (see
+    :class:`BNInceptionReduction`)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf")) if h % 2 or w % 2 else x
+
+
 class BNInceptionReduction(nn.Module):
     """Stride-2 Inception module of BN-Inception ((3c) and (4e) in Fig. 5): the grid is halved.
 
@@ -146,9 +154,7 @@ class BNInceptionReduction(nn.Module):
         self.out_channels = ch3x3 + ch3x3dbl + in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf")) if h % 2 or w % 2 else x
-        return torch.cat((self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(padded)), 1)
+        return torch.cat((self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(_pad_odd_grid(x))), 1)
 
 
 class BNInception(InceptionNet):

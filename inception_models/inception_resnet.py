@@ -504,7 +504,7 @@ class InceptionResNet(InceptionNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before global average pooling: ``(N, num_features, 8, 8)`` at 299x299."""
-        self.check_input(x)
+        self._check_unless_traced(x)
         return super().forward_features(x)
 
 

@@ -6,21 +6,28 @@ its year, the native and minimum input sizes, and the published reference figure
 A family of the zoo declares its knobs once, on its model class (keyword-only constructor arguments), and its
 widths once, in a frozen spec; :func:`register_variant` registers one builder per variant (a spec, e.g. the
 paper's made from the released one with ``dataclasses.replace``), whose knobs the registry reads from that
-class's signature.
+class's signature. A knob given a value of the wrong type raises a ``TypeError`` naming the knob and the type its
+builder declares (checked against the type hints by pydantic, strictly: ``"0.5"`` is not a float, ``True`` is
+not an int).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import NoneType, UnionType
+from typing import Any, Callable, Literal, Mapping, Sequence
 
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from inception_models.convert import load_weights
 
-__all__ = ["ModelInfo", "register_model", "register_variant", "create_model", "list_models", "model_info"]
+__all__ = ["ModelInfo", "check_knobs", "create_model", "list_models", "model_info", "register_model", "register_variant",
+           "type_name"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class ModelInfo:
     reference_source: str = ""
     description: str = ""
     knobs: tuple[str, ...] = field(default=())
+    # Each knob's type as its builder declares it (knobs without a hint take any value).
+    knob_types: Mapping[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -65,6 +74,7 @@ def register_model(
             raise ValueError(f"model {key!r} is registered twice")
         params = inspect.signature(builder).parameters.values()
         knobs = tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        hints = getattr(builder, "__knob_types__", None) or typing.get_type_hints(builder)
         doc = inspect.getdoc(builder) or ""
         _REGISTRY[key] = ModelInfo(
             name=key,
@@ -78,6 +88,7 @@ def register_model(
             reference_source=reference_source,
             description=doc.splitlines()[0] if doc else "",
             knobs=knobs,
+            knob_types={k: hints[k] for k in knobs if k in hints},
         )
         return builder
 
@@ -105,19 +116,77 @@ def register_variant(
         if missing:
             raise TypeError(f"{name}: {getattr(model, '__name__', model)} takes no knob(s) {missing}")
         params = [p for p in params if p.name in knobs]
-    allowed = {p.name for p in params}
+    hints = typing.get_type_hints(model.__init__ if isinstance(model, type) else model)
+    types = {p.name: hints[p.name] for p in params if p.name in hints}
+    knob_names = tuple(p.name for p in params)
 
     def builder(**kwargs: Any) -> nn.Module:
-        unknown = [k for k in kwargs if k not in allowed]
-        if unknown:
-            raise TypeError(f"{name} got unknown knob(s) {', '.join(map(repr, unknown))}; it takes: "
-                            f"{', '.join(p.name for p in params)}")
+        check_knobs(name, kwargs, knob_names, types)
         return model(spec, **kwargs)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = doc
     builder.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    builder.__knob_types__ = types  # type: ignore[attr-defined]
     return register_model(name=name, **metadata)(builder)
+
+
+def type_name(hint: Any) -> str:
+    """A type hint as a reader writes it: ``float``, ``'bn' or 'none'``, ``float or Sequence[float]``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is NoneType:
+        return "None"
+    if origin is Literal:
+        return " or ".join(map(repr, args))
+    if origin in (typing.Union, UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(hint: Any) -> TypeAdapter:
+    return TypeAdapter(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is a ``hint`` (strictly: no str -> number, no bool -> int); a numpy or torch scalar
+    stands for its Python number, a list for a tuple (as a command line or a JSON point writes one)."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()
+    candidates = [value, tuple(value)] if isinstance(value, list) else [value]
+    for candidate in candidates:
+        try:
+            _validator(hint).validate_python(candidate, strict=True)
+            return True
+        except ValidationError:
+            continue
+    return False
+
+
+def _widened(hint: Any) -> Any:
+    """``hint`` with each ``Literal`` replaced by the types of its values: what the knob's type admits."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return typing.Union[tuple(dict.fromkeys(type(a) for a in args))]
+    if origin in (typing.Union, UnionType):
+        return typing.Union[tuple(_widened(a) for a in args)]
+    return hint
+
+
+def check_knobs(name: str, knobs: Mapping[str, Any], allowed: Sequence[str], types: Mapping[str, Any]) -> None:
+    """Raise a ``TypeError`` for a knob ``name`` does not take (listing those it takes) or a value that is not of
+    the knob's declared type (naming the knob, its type and the value), a ``ValueError`` for a value of the
+    right type outside the knob's choices (``norm="gn"``: the choices are ``'bn' or 'none'``)."""
+    unknown = [k for k in knobs if k not in allowed]
+    if unknown:
+        raise TypeError(f"{name} got unknown knob(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(allowed)}")
+    for knob, value in knobs.items():
+        if knob in types and not _fits(value, types[knob]):
+            error = ValueError if _fits(value, _widened(types[knob])) else TypeError
+            raise error(f"{name}: knob {knob} takes {type_name(types[knob])}, got {value!r} ({type(value).__name__})")
 
 
 def list_models() -> list[str]:
@@ -138,15 +207,12 @@ def create_model(name: str, weights: str | Path | None = None, **knobs) -> nn.Mo
     """Build a registered model by name.
 
     ``knobs`` are the builder's keyword arguments (``num_classes``, ``norm``, ``width_mult``, ...): an unknown
-    one raises a ``TypeError`` naming it and listing those the model takes. ``weights`` is a local file
+    one raises a ``TypeError`` naming it and listing those the model takes, a value of the wrong type one
+    naming the knob and its type. ``weights`` is a local file
     (torch.save or safetensors) holding a torchvision or timm state dict, converted onto our layout.
     """
     info = model_info(name)
-    unknown = [k for k in knobs if k not in info.knobs]
-    if unknown:
-        raise TypeError(
-            f"{name} got unknown knob(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(info.knobs)}"
-        )
+    check_knobs(name, knobs, info.knobs, info.knob_types)
     model = info.builder(**knobs)
     if weights is not None:
         load_weights(model, weights, model_name=name)

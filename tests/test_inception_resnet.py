@@ -244,8 +244,11 @@ def test_block_counts_width_mult_and_defaults():
     assert (len(v2.stage_a), len(v2.stage_b), len(v2.stage_c)) == (10, 20, 9)
     assert (len(v1.stage_a), len(v1.stage_b), len(v1.stage_c)) == (5, 10, 5)
     assert v2.dropout.p == 0.0 and v1.dropout.p == 0.2
-    for bad in ((1, 1), (1, -1, 1), (1.0, 1, 1), 3):
+    for bad in ((1, 1), (1, -1, 1)):
         with pytest.raises(ValueError, match="block_counts"):
+            create_model("inception_resnet_v1", block_counts=bad)
+    for bad in ((1.0, 1, 1), 3):  # not a sequence of ints: the knob and its type are named (issue 20.7)
+        with pytest.raises(TypeError, match=r"knob block_counts takes Sequence\[int\] or None"):
             create_model("inception_resnet_v1", block_counts=bad)
 
 

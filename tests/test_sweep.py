@@ -337,3 +337,88 @@ def test_submitit_local_cluster_requeues_a_preempted_job_and_a_killed_one_resume
     assert resumed[0] == 0 and resumed[1] >= 5  # the second job started where the killed one had got
     assert not (tmp_path / "points" / point_id(points[0])).exists()
     assert any((tmp_path / "submitit").glob("*_log.out"))
+
+
+class _CountingExperiment:
+    """An experiment as the command line loads one: two counting points run by the experiments' runner."""
+
+    CONFIGS = {"quick": {}}
+    POINTS = [dict(name="first", steps=20, dt=0.1), dict(name="killed", steps=20, dt=0.1)]
+
+    @classmethod
+    def run(cls, config: dict, results_dir: Path) -> pd.DataFrame:
+        from analysis.experiments.runner import run_points
+
+        from analysis.training.provenance import experiment_fingerprint
+
+        return run_points(cls.POINTS, counting, results_dir, progress=False, columns=["name", "starts"],
+                          fingerprint=experiment_fingerprint(__name__))
+
+
+@pytest.mark.slow
+def test_experiment_on_submitits_local_cluster_resumes_a_killed_job_and_prints_what_it_reused(
+        tmp_path: Path, monkeypatch, capsys):
+    """`inception-lab experiment NAME --launcher submitit --cluster local`: the experiment's points become a job
+    array; one job is killed outright, and the same command resumes it from its checkpoint, keeping (and saying
+    so on stderr) the point that had finished."""
+    import submitit
+
+    import analysis.experiments
+    from analysis import cli
+    from analysis.training import launch
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)  # a killed job leaves no result file
+    monkeypatch.setattr(launch, "SubmititLauncher", lambda **options: SubmititLauncher(**options, poll_s=0.2))
+    monkeypatch.setattr(analysis.experiments, "load_experiment", lambda name: _CountingExperiment)
+    command = ["experiment", "counting", "--launcher", "submitit", "--cluster", "local", "--time-limit", "5",
+               "--results-dir", str(tmp_path), "--format", "csv"]
+    results, (first, killed) = tmp_path / "results.jsonl", _CountingExperiment.POINTS
+    errors: list[BaseException] = []
+
+    def experiment() -> None:
+        try:
+            cli.app(command, standalone_mode=False)
+        except BaseException as err:  # noqa: BLE001 - checked below
+            errors.append(err)
+
+    thread = threading.Thread(target=experiment)
+    thread.start()
+    os.kill(_step_reached(results, killed, 5), signal.SIGKILL)
+    thread.join(timeout=120)
+    assert len(errors) == 1 and f"sweep point {point_id(killed)}" in str(errors[0]), errors
+    assert read_results(results)["name"].tolist() == ["first"]
+    capsys.readouterr()
+
+    cli.app(command, standalone_mode=False)
+    out, err = capsys.readouterr()
+    table = read_results(results)
+    assert table["name"].tolist() == ["first", "killed"]
+    starts = [int(s) for s in table["starts"].iloc[1].split(",")]
+    assert starts[0] == 0 and starts[1] >= 5  # the killed point's second job resumed from its checkpoint
+    assert "killed" in out and f"reused: {results}: 2 point(s), 1 finished by this code (1 by fingerprint" in err
+    assert any((tmp_path / "submitit").glob("*_log.out"))
+
+
+def test_an_experiments_results_of_other_code_are_refused_reused_or_rerun_as_the_command_line_says(tmp_path: Path):
+    """The experiments' runner fingerprints an experiment's results with the code of its point function's module:
+    rows of another fingerprint are refused by default, and reused or rerun under `--stale` (sweep_defaults)."""
+    from analysis.experiments import dead_units
+    from analysis.experiments.runner import point_code_fingerprint, run_points
+    from analysis.training.provenance import experiment_fingerprint
+
+    assert point_code_fingerprint(dead_units.run_point) == experiment_fingerprint(dead_units)
+    assert point_code_fingerprint(where) is None  # a test's (or a script's) function: given by its caller
+    points, results = [dict(index=0), dict(index=1)], tmp_path / "results.jsonl"
+    run_sweep(points, where, results, fingerprint="0123456789abcdef", isolate=False)  # "older code"
+    old, mine = read_results(results)["pid"].tolist(), experiment_fingerprint(__name__)
+    with pytest.raises(StaleResultsError, match="2 point.*made by other code.*--stale rerun"):
+        run_points(points, where, tmp_path, progress=False, fingerprint=mine)
+    heard: list = []
+    with sweep_defaults(stale="reuse", on_reuse=lambda status, policy: heard.append((len(status.stale), policy))):
+        assert run_points(points, where, tmp_path, progress=False, fingerprint=mine)["pid"].tolist() == old
+    assert heard == [(2, "reuse")]
+    with sweep_defaults(stale="rerun"):
+        table = run_points(points, where, tmp_path, progress=False, workers=2, fingerprint=mine)
+    assert len(table) == 2 and set(table["code_fingerprint"]) != {"0123456789abcdef"}
+    assert old == [os.getpid()] * 2 and os.getpid() not in set(table["pid"])  # rerun, in the spawned workers

@@ -35,7 +35,8 @@ from analysis.data.synthetic import SyntheticShapes
 from analysis.data.tensors import ImageTensors, decode
 from analysis.training.config import TrainConfig
 from analysis.training.init import initialise, share_weights
-from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
+from analysis.training.provenance import experiment_fingerprint
+from analysis.training.sweep import default_launcher, point_id, points_to_run, read_results, run_sweep
 from analysis.training.trainer import Trainer, TrainingDiverged, seed_everything
 from inception_models import create_model
 
@@ -48,6 +49,7 @@ __all__ = [
     "RECIPE_KEYS",
     "RESULTS_ROOT",
     "SPEED",
+    "TENSORBOARD_ENV",
     "TRAIN_KEYS",
     "CpuClock",
     "TrainOutcome",
@@ -56,6 +58,7 @@ __all__ = [
     "default_results_dir",
     "num_classes",
     "pixels",
+    "point_code_fingerprint",
     "run_points",
     "tensors",
     "threads",
@@ -67,6 +70,10 @@ CHANCE = 1.0 / CLASSES
 
 # The default root of the experiments' resumable results, relative to the current directory.
 RESULTS_ROOT = Path("runs") / "experiments"
+
+# A folder in this environment variable (the command line's --tensorboard) gets each trained point's TensorBoard
+# events, in a folder per point id; an environment variable reaches worker processes and cluster jobs.
+TENSORBOARD_ENV = "INCEPTION_LAB_TENSORBOARD"
 
 # Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
 # worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
@@ -171,20 +178,33 @@ class CpuClock(Callback):
             trainer.log_metrics({"cpu_s": time.process_time() - self._start})
 
 
-def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str) -> None:
-    run_sweep([point], run_point, path, isolate=False)
+def _sweep_one(point: dict[str, Any], *, run_point: Callable[[dict], pd.DataFrame], path: str,
+               fingerprint: str | None = None, stale: str | None = None) -> None:
+    run_sweep([point], run_point, path, isolate=False, fingerprint=fingerprint, stale=stale)  # type: ignore[arg-type]
+
+
+def point_code_fingerprint(run_point: Callable[[dict], Any]) -> str | None:
+    """The fingerprint of the code behind ``run_point``'s results: its module's
+    (:func:`~analysis.training.provenance.experiment_fingerprint`) when it is one of this package's, else None
+    (a script's or a test's point function is not fingerprinted unless its caller gives one)."""
+    module = getattr(getattr(run_point, "func", run_point), "__module__", None)  # a partial: its function
+    return experiment_fingerprint(module) if module and module.startswith("analysis.") else None
 
 
 def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], pd.DataFrame],
                results_dir: str | Path | None, *, workers: int = 1, isolate: bool = False, progress: bool = True,
                desc: str = "points", columns: Sequence[str] | None = None, numeric: Sequence[str] = (),
-               flags: Sequence[str] = ()) -> pd.DataFrame:
+               flags: Sequence[str] = (), fingerprint: str | None = None) -> pd.DataFrame:
     """Run the unfinished ``points`` into ``results_dir/results.jsonl`` (a temporary folder when None) through
     :func:`analysis.training.sweep.run_sweep` and return the rows of ``points``, in the order of ``points``.
 
     ``workers`` > 1 runs that many points at once, each in a spawned worker process (``run_point`` must be a
     module-level function; a script calling this must guard its entry with ``if __name__ == "__main__":``).
     Appends are serialised by the sweep's file lock, so a killed run resumes with the finished points kept.
+    A launcher set by :func:`~analysis.training.sweep.sweep_defaults` (the command line's ``--launcher``) places
+    the points instead of ``workers``. Results are fingerprinted with ``fingerprint``, by default
+    :func:`point_code_fingerprint`; those of other code are refused, rerun or reused as the sweep defaults'
+    ``stale`` says.
 
     ``columns`` gives the table ``point_id`` + those columns (in that order, missing ones blank); the
     ``numeric`` ones are made numbers (the JSON-lines file stores NaN as null) and the ``flags`` booleans.
@@ -197,14 +217,17 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
         path = Path(results_dir) / "results.jsonl"
-        pending = pending_points(points, path)
+        fingerprint = point_code_fingerprint(run_point) if fingerprint is None else fingerprint
+        pending, stale = points_to_run(points, path, fingerprint)
         bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))
-        if workers == 1 or len(pending) <= 1:
+        if default_launcher() is not None and pending:
+            run_sweep(pending, run_point, path, fingerprint=fingerprint, stale=stale, on_done=lambda _: bar.update(1))
+        elif workers == 1 or len(pending) <= 1:
             for point in pending:
-                run_sweep([point], run_point, path, isolate=isolate)
+                run_sweep([point], run_point, path, isolate=isolate, fingerprint=fingerprint, stale=stale)
                 bar.update(1)
         else:
-            job = partial(_sweep_one, run_point=run_point, path=str(path))
+            job = partial(_sweep_one, run_point=run_point, path=str(path), fingerprint=fingerprint, stale=stale)
             try:
                 with ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
                     for future in as_completed([pool.submit(job, point) for point in pending]):
@@ -302,7 +325,7 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
     """Train a network on the synthetic shapes as ``point`` says (``n_train``, ``n_val``, ``image_size``, optional
     ``data_seed`` (default 0), ``difficulty`` (default ``"default"``) and ``eval_split`` (``"val"``, or ``"test"``
     for the held-out split a learning-rate sweep is judged on), and the :data:`TRAIN_KEYS`), logging ``cpu_s`` on
-    the training rows.
+    the training rows (and TensorBoard events when :data:`TENSORBOARD_ENV` names a folder).
 
     ``model`` is a built network; a registry name, built here as ``create_model(model, num_classes=K,
     **model_kwargs)`` right after seeding with the point's ``seed`` (so the seed decides the init); or None: the
@@ -329,6 +352,10 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
         seed_everything(config.seed)
         model = create_model(name, **config.model_kwargs)
     clock = CpuClock(config.log_every)
+    if os.environ.get(TENSORBOARD_ENV):
+        from analysis.training.tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger(Path(os.environ[TENSORBOARD_ENV]) / point_id(point))]
     trainer = Trainer(model, config, train, val, callbacks=[clock, *callbacks])
     if setup is not None:
         setup(trainer)

@@ -60,9 +60,11 @@ __all__ = [
     "StaleResultsError",
     "SweepStatus",
     "current_point_dir",
+    "default_launcher",
     "pending_points",
     "point_dir",
     "point_id",
+    "points_to_run",
     "read_results",
     "run_sweep",
     "sweep_defaults",
@@ -386,17 +388,47 @@ _DEFAULTS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("swee
 
 
 @contextlib.contextmanager
-def sweep_defaults(*, launcher: Launcher | None = None, stale: Stale | None = None) -> Iterator[None]:
+def sweep_defaults(*, launcher: Launcher | None = None, stale: Stale | None = None,
+                   on_reuse: Callable[[SweepStatus, Stale], None] | None = None) -> Iterator[None]:
     """Within the block, :func:`run_sweep` calls that give no ``launcher`` / ``stale`` use these: how the
-    command line's ``--launcher`` and ``--stale`` reach the sweeps an experiment or the report starts."""
+    command line's ``--launcher`` and ``--stale`` reach the sweeps an experiment or the report starts.
+    ``on_reuse(status, stale)`` hears of every sweep that finds finished points (it keeps the current ones and
+    does with the stale ones what ``stale`` says): how the command line prints what it reused."""
     if stale is not None and stale not in STALE_POLICIES:
         raise ValueError(f"stale={stale!r} is not one of {', '.join(STALE_POLICIES)}")
-    given = {k: v for k, v in dict(launcher=launcher, stale=stale).items() if v is not None}
+    given = {k: v for k, v in dict(launcher=launcher, stale=stale, on_reuse=on_reuse).items() if v is not None}
     token = _DEFAULTS.set({**_DEFAULTS.get(), **given})
     try:
         yield
     finally:
         _DEFAULTS.reset(token)
+
+
+def default_launcher() -> Launcher | None:
+    """The launcher :func:`sweep_defaults` set for this block, if any."""
+    return _DEFAULTS.get().get("launcher")
+
+
+def points_to_run(points: Iterable[Mapping[str, Any]], results_path: str | Path, fingerprint: str | None = None,
+                  stale: Stale | None = None) -> tuple[list[dict[str, Any]], Stale]:
+    """The points of a sweep still to run, in order, and the stale policy that chose them (``stale``, else the
+    one of :func:`sweep_defaults`, else ``"refuse"``): the unfinished points, and the stale ones (finished by
+    other code than ``fingerprint``) when the policy reruns them. ``"refuse"`` raises a
+    :class:`StaleResultsError` naming the stale points; finished points kept are told to ``on_reuse``."""
+    defaults = _DEFAULTS.get()
+    stale = stale or defaults.get("stale", "refuse")
+    if stale not in STALE_POLICIES:
+        raise ValueError(f"stale={stale!r} is not one of {', '.join(STALE_POLICIES)}")
+    points = _unique(points)
+    status = sweep_status(points, results_path, fingerprint)
+    if status.stale and stale == "refuse":
+        raise StaleResultsError(status.stale_message())
+    if status.stale and stale == "reuse":
+        log.info("reusing %d result(s) of other code: %s", len(status.stale), status.describe())
+    if (status.current or status.stale) and "on_reuse" in defaults:
+        defaults["on_reuse"](status, stale)
+    todo_ids = {point_id(p) for p in (*status.pending, *(status.stale if stale == "rerun" else ()))}
+    return [p for p in points if point_id(p) in todo_ids], stale
 
 
 def _in_process(launcher: Launcher) -> bool:
@@ -427,26 +459,18 @@ def run_sweep(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} is not supported; use 'raise' or 'skip'")
-    defaults = _DEFAULTS.get()
-    stale = stale or defaults.get("stale", "refuse")
-    if stale not in STALE_POLICIES:
+    if stale is not None and stale not in STALE_POLICIES:
         raise ValueError(f"stale={stale!r} is not one of {', '.join(STALE_POLICIES)}")
     if launcher is not None and isolate is not None:
         raise ValueError("give isolate to the launcher (LocalLauncher(isolate=...)), not beside it")
-    launcher = launcher or defaults.get("launcher") or LocalLauncher(
+    launcher = launcher or default_launcher() or LocalLauncher(
         isolate=True if isolate is None else isolate, start_method=start_method)
     results_path = Path(results_path)
     points = [dict(p) if isinstance(p, Mapping) else p for p in points]
     for p in points:
         point_id(p)  # type check with a clear message
     _migrate_legacy_ids(results_path, points)
-    status = sweep_status(points, results_path, fingerprint)
-    if status.stale and stale == "refuse":
-        raise StaleResultsError(status.stale_message())
-    if status.stale and stale == "reuse":
-        log.info("reusing %d result(s) of other code: %s", len(status.stale), status.describe())
-    todo_ids = {point_id(p) for p in (*status.pending, *(status.stale if stale == "rerun" else ()))}
-    todo = [p for p in _unique(points) if point_id(p) in todo_ids]
+    todo, _ = points_to_run(points, results_path, fingerprint, stale)
     task = _PointTask(run_point, str(results_path), current_provenance(fingerprint))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if not _in_process(launcher):
