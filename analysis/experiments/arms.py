@@ -114,7 +114,7 @@ def summarise_runs(results: pd.DataFrame, *, budget_key: str = "steps") -> pd.Da
         chance = 1.0 / num_classes(first)
         gate = learnability_gate(chance)
         val = run[run["split"] == "val"].sort_values("step")
-        finite = val[pd.to_numeric(val["loss"], errors="coerce").map(math.isfinite)]
+        finite = val[pd.to_numeric(val["loss"], errors="coerce").map(math.isfinite).astype(bool)]
         train = run[run["split"] == "train"].sort_values("step")
         budget = float(first[budget_key])
         diverged = bool(first.get("diverged", False))
