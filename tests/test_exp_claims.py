@@ -1,5 +1,5 @@
-"""The four training-claim experiments (residual_speedup, label_smoothing, aux_heads, bn_speedup) and their shared
-helpers: config plumbing, result schemas, resumability, divergence as a result, the verdict rules on hand-made
+"""The training-claim experiments label_smoothing and aux_heads (bn_speedup and residual_speedup have their own
+files) and their shared helpers: config plumbing, result schemas, resumability, divergence as a result, the verdict rules on hand-made
 frames, calibration and logit-gap arithmetic, and each section rendered from a tiny config. Not the science."""
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from analysis.experiments import aux_heads as ah
-from analysis.experiments import bn_speedup as bs
 from analysis.experiments import label_smoothing as ls
-from analysis.experiments import residual_speedup as rs
 from analysis.experiments.calibration import expected_calibration_error, logit_gaps, reliability_bins
 from analysis.experiments.spread_rule import (
     DOES_NOT_SHOW,
@@ -37,13 +35,9 @@ from analysis.experiments import spread_rule as shared
 TINY_TRAIN = dict(n_train=32, n_val=16, steps=4, batch_size=8, log_every=2, eval_every=2, workers=1)
 TINY = {
     "label_smoothing": {**ls.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "seeds": 1},
-    "residual_speedup": {**rs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "block_counts": (0, 0, 1),
-                         "seeds": 1},
-    # A rate a billion times the base: both norms diverge, which must be recorded, not raised.
-    "bn_speedup": {**bs.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "multipliers": (1, 1e9), "seeds": 1},
     "aux_heads": {**ah.CONFIGS["quick"], **TINY_TRAIN, "width_mult": 0.0625, "image_size": 32, "seeds": 1},
 }
-MODULES = {"label_smoothing": ls, "residual_speedup": rs, "bn_speedup": bs, "aux_heads": ah}
+MODULES = {"label_smoothing": ls, "aux_heads": ah}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,13 +145,6 @@ def test_logit_gaps():
 def test_quick_and_full_configs_make_the_intended_points():
     assert len(ls.make_points(ls.CONFIGS["quick"])) == 2 * 3
     assert {p["label_smoothing"] for p in ls.make_points(ls.CONFIGS["quick"])} == {0.0, 0.1}
-    quick = rs.make_points(rs.CONFIGS["quick"])
-    assert len(quick) == 2 * 3 and {p["model"] for p in quick} == {"inception_resnet_v2_paper"}
-    full = rs.make_points(rs.CONFIGS["full"])
-    assert len(full) == 2 * 3 * 3 and {p["model"] for p in full} >= {"inception_v3", "inception_v4"}
-    points = bs.make_points(bs.CONFIGS["quick"])
-    assert len(points) == 2 * 3 * 2
-    assert sorted({p["lr"] for p in points}) == pytest.approx([0.002, 0.01, 0.06])
     assert len(ah.make_points(ah.CONFIGS["quick"])) == 3 * 2
     for module in MODULES.values():
         assert {"quick", "full"} <= set(module.CONFIGS)
@@ -168,13 +155,6 @@ def test_quick_and_full_configs_make_the_intended_points():
 @pytest.mark.parametrize("module, change, message", [
     (ls, {"epsilons": (0.1,)}, "baseline"),
     (ls, {"epsilons": (0.0, 1.5)}, r"\[0, 1\)"),
-    (rs, {"arms": ("no_shortcut", "inception")}, "residual"),
-    (rs, {"variants": ("v3",)}, "variants"),
-    (rs, {"image_size": 64}, "75"),
-    (rs, {"eval_every": 25}, "multiple of log_every"),
-    (bs, {"norms": ("bn",)}, "both"),
-    (bs, {"multipliers": (5, 30)}, "include 1"),
-    (bs, {"none_init": "lsuv"}, "none_init"),
     (ah, {"model": "inception_v4"}, "no auxiliary heads"),
     (ah, {"arms": ("heads", "heads_bn")}, "no_heads"),
     (ah, {"steps": None, "early_fraction": 0.0}, "early_fraction"),
@@ -203,35 +183,6 @@ def test_label_smoothing_schema(tiny_runs):
     bins = frame[frame["split"] == "reliability"]
     assert (bins.groupby("epsilon")["count"].sum() == 16).all()
     assert list(ls.summarise(frame).columns) == ls.SUMMARY_COLUMNS
-
-
-def test_residual_speedup_schema_and_cost(tiny_runs):
-    _, frame = tiny_runs["residual_speedup"]
-    assert list(frame.columns) == ["point_id"] + rs.RESULT_COLUMNS
-    assert frame.groupby("arm")["split"].apply(list).to_dict() == {
-        "residual": ["train", "val", "train", "val"], "no_shortcut": ["train", "val", "train", "val"]}
-    # The no-shortcut control is the same network: identical parameters and MACs.
-    cost = frame.groupby("arm")[["params", "gmacs"]].first()
-    assert cost.loc["residual", "params"] == cost.loc["no_shortcut", "params"] > 0
-    assert cost.loc["residual", "gmacs"] == pytest.approx(cost.loc["no_shortcut", "gmacs"])
-    assert frame["cpu_s"].notna().all()  # val rows take the CPU time of the train row at their step
-    seeds = rs.per_seed(frame, target=0.5, budget=4)
-    assert list(seeds.columns) == rs.PER_SEED_COLUMNS and len(seeds) == 2
-    assert list(rs.summarise(seeds).columns) == rs.SUMMARY_COLUMNS
-
-
-def test_bn_speedup_records_divergence_as_a_result(tiny_runs):
-    _, frame = tiny_runs["bn_speedup"]
-    assert list(frame.columns) == ["point_id"] + bs.RESULT_COLUMNS
-    seeds = bs.per_seed(frame, target=0.5, budget=4)
-    assert list(seeds.columns) == bs.PER_SEED_COLUMNS and len(seeds) == 4
-    base = seeds[seeds["multiplier"] == 1.0]
-    huge = seeds[seeds["multiplier"] == 1e9]
-    assert not base["diverged"].any() and huge["diverged"].all()
-    assert ((huge["diverged_step"] >= 1) & (huge["diverged_step"] <= 4)).all()
-    assert not huge["reached"].any()
-    summary = bs.summarise(seeds)
-    assert list(summary.columns) == bs.SUMMARY_COLUMNS and summary["diverged"].tolist() == [0, 1, 0, 1]
 
 
 def test_aux_heads_schema_and_gradient_reach(tiny_runs):
@@ -294,86 +245,6 @@ def test_label_smoothing_verdicts(without, with_smoothing, expected):
     assert ls.verdict(_ls_final(without, with_smoothing), n_val=1000) == expected
 
 
-def _rs_seeds(res_steps, other_steps, other="no_shortcut", best=0.5):
-    rows = []
-    for arm, steps in (("residual", res_steps), (other, other_steps)):
-        for seed, s in enumerate(steps):
-            rows.append({"variant": "v2", "arm": arm, "seed": seed, "target": 0.3, "steps_to_target": s,
-                         "reached": not math.isnan(s), "final_val_accuracy": best, "best_val_accuracy": best,
-                         "diverged": False})
-    return pd.DataFrame(rows)
-
-
-RS_FINAL = ("higher accuracy at the end of the budget: does not show: final validation accuracy 0.500 vs 0.500 "
-            "(effect +0.000, seed spread 0.000, 2 seeds)")
-NAN = math.nan
-
-
-@pytest.mark.parametrize("seeds, expected", [
-    (_rs_seeds([100, 120], [300, NAN]), "shows (target validation accuracy 0.300; v2 vs same, no shortcut: shows: "
-     f"steps to target 110 vs 450 (effect +340, seed spread 300, 2 seeds), reached 2/2 vs 1/2; {RS_FINAL})"),
-    (_rs_seeds([300, 350], [100, 120]), "does not show (target validation accuracy 0.300; v2 vs same, no shortcut: "
-     "does not show: steps to target 325 vs 110 (effect -215, seed spread 50, 2 seeds), reached 2/2 vs 2/2; "
-     f"{RS_FINAL})"),
-    (_rs_seeds([100, 400], [200, 300]), "inconclusive: spread over seeds larger than the effect (target validation "
-     "accuracy 0.300; v2 vs same, no shortcut: inconclusive: spread over seeds larger than the effect: steps to target "
-     f"250 vs 250 (effect +0, seed spread 300, 2 seeds), reached 2/2 vs 2/2; {RS_FINAL})"),
-    (_rs_seeds([NAN, NAN], [NAN, NAN]), "inconclusive: no run reached the target (target validation accuracy 0.300; "
-     "v2: no run reached the target 0.300 in 600 steps)"),
-    (_rs_seeds([NAN, NAN], [NAN, NAN], best=0.11), "inconclusive: the networks did not learn beyond chance (target "
-     "validation accuracy 0.300; v2: the residual net did not learn beyond chance (best validation accuracy 0.110, "
-     "chance + 3 SE 0.140))"),
-    # With the paper's pair present, the headline compares against it.
-    (pd.concat([_rs_seeds([100, 120], [130, 140]), _rs_seeds([100, 120], [300, 320], other="inception")])
-     .drop_duplicates(subset=["arm", "seed"]), "shows (target validation accuracy 0.300; v2 vs Inception (paper "
-     "pair): shows: steps to target 110 vs 310 (effect +200, seed spread 20, 2 seeds), reached 2/2 vs 2/2; "
-     f"{RS_FINAL}; v2 vs same, no shortcut: shows: steps to target 110 vs 135 (effect +25, seed spread 20, 2 seeds), "
-     f"reached 2/2 vs 2/2; {RS_FINAL})"),
-], ids=["shows", "does_not_show", "spread", "none_reached", "chance", "paper_pair"])
-def test_residual_speedup_verdicts(seeds, expected):
-    assert rs.verdict(seeds, budget=600, n_val=500) == expected
-
-
-def _bs_seeds(cells):
-    rows = []
-    for (norm, mult), values in cells.items():
-        for seed, (steps, diverged) in enumerate(values):
-            rows.append({"norm": norm, "multiplier": float(mult), "lr": 0.002 * mult, "seed": seed, "target": 0.2,
-                         "steps_to_target": steps, "reached": not math.isnan(steps),
-                         "best_val_accuracy": 0.1 if math.isnan(steps) else 0.4, "diverged": diverged})
-    return pd.DataFrame(rows)
-
-
-BS_GOOD = {("bn", 1): [(100, False), (120, False)], ("none", 1): [(NAN, False), (NAN, False)],
-           ("bn", 5): [(40, False), (60, False)], ("none", 5): [(NAN, True), (NAN, False)]}
-BS_AT_1X = ("fewer steps at 1x: shows: steps to target BN vs no BN 110 vs 200 (effect +90, seed spread 20, 2 seeds) "
-            "(BN reached 2/2, diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 0/2, best accuracy 0.100)")
-BS_AT_5X = ("5x usable: shows: steps BN vs no BN 50 vs 200 (effect +150, seed spread 20, 2 seeds) (BN reached 2/2, "
-            "diverged 0/2, best accuracy 0.400; no BN reached 0/2, diverged 1/2, best accuracy 0.100)")
-BS_BOUNDS = ("the network without BN never reached the target at any rate, so the step ratios are lower bounds "
-             "(budget 200)")
-
-
-@pytest.mark.parametrize("cells, expected", [
-    (BS_GOOD, f"shows (target validation accuracy 0.200; {BS_AT_1X}; {BS_AT_5X}; BN 5x faster than BN 1x: shows (50 "
-     f"vs 110 steps); {BS_BOUNDS})"),
-    ({**BS_GOOD, ("bn", 5): [(NAN, True), (NAN, True)]}, "does not show (target validation accuracy 0.200; "
-     f"{BS_AT_1X}; 5x usable: does not show: steps BN vs no BN 200 vs 200 (effect +0, seed spread 0, 2 seeds) (BN "
-     "reached 0/2, diverged 2/2, best accuracy 0.100; no BN reached 0/2, diverged 1/2, best accuracy 0.100); BN 5x "
-     f"faster than BN 1x: does not show (200 vs 110 steps); {BS_BOUNDS})"),
-    ({**BS_GOOD, ("bn", 1): [(20, False), (190, False)], ("none", 1): [(150, False), (NAN, False)]},
-     "inconclusive: spread over seeds larger than the effect (target validation accuracy 0.200; fewer steps at 1x: "
-     "inconclusive: spread over seeds larger than the effect: steps to target BN vs no BN 105 vs 175 (effect +70, "
-     "seed spread 170, 2 seeds) (BN reached 2/2, diverged 0/2, best accuracy 0.400; no BN reached 1/2, diverged 0/2, "
-     f"best accuracy 0.250); {BS_AT_5X}; BN 5x faster than BN 1x: inconclusive: spread over seeds larger than the "
-     "effect (50 vs 105 steps))"),
-    ({cell: [(NAN, False), (NAN, False)] for cell in BS_GOOD}, "inconclusive: the networks did not learn beyond chance "
-     "(BN at the base rate: best validation accuracy 0.100; chance + 3 SE 0.140)"),
-], ids=["shows", "does_not_show", "spread", "stuck"])
-def test_bn_speedup_verdicts(cells, expected):
-    assert bs.verdict(_bs_seeds(cells), budget=200, n_val=500) == expected
-
-
 def _ah_seeds(none, heads, bn, early=((0.2, 0.21), (0.2, 0.22), (0.2, 0.2))):
     rows = []
     for (arm, accs), earlies in zip((("no_heads", none), ("heads", heads), ("heads_bn", bn)), early):
@@ -418,9 +289,6 @@ def test_aux_heads_verdicts(seeds, expected):
 @pytest.mark.parametrize("name, stems", [
     ("label_smoothing", ["label_smoothing.md", "label_smoothing_seeds.csv", "label_smoothing_curves.png",
                          "label_smoothing_reliability.png"]),
-    ("residual_speedup", ["residual_speedup.md", "residual_speedup_curves.csv", "residual_speedup_accuracy.png",
-                          "residual_speedup_loss.png", "residual_speedup_time.png"]),
-    ("bn_speedup", ["bn_speedup.md", "bn_speedup_seeds.csv", "bn_speedup_accuracy.png", "bn_speedup_loss.png"]),
     ("aux_heads", ["aux_heads.md", "aux_heads_seeds.csv", "aux_heads_curves.png", "aux_heads_gradients.png"]),
 ])
 def test_section_renders_tables_figures_and_verdict(tiny_runs, tmp_path, monkeypatch, name, stems):
