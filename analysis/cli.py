@@ -334,8 +334,12 @@ def main() -> None:
 
     try:
         app()
-    except (ValueError, TypeError, FileNotFoundError, KeyError, TrainingDiverged) as err:
+    except (ValueError, TypeError, KeyError, TrainingDiverged) as err:
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:  # a missing file, a full disk, no permission: the path and the reason, no traceback
+        reason = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+        typer.echo(f"error: {reason}", err=True)
         sys.exit(2)
 
 

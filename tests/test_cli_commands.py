@@ -222,3 +222,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, ba
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert_one_line_error(code, err, message)
     assert snapshot(bad_files) == before
+
+
+def test_a_full_disk_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """An OSError from the system (a full disk while writing the report) names the file and the reason."""
+    import errno
+
+    import analysis.report.build as build
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "index.md"))
+
+    monkeypatch.setattr(build, "build_report", no_space)
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--section", "zoo", "--out", str(tmp_path / "r"))
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'r' / 'index.md'}: No space left on device"
+    assert "Traceback" not in err

@@ -13,6 +13,8 @@ import analysis.report.build as report_build
 from analysis.report.build import build_report
 from analysis.experiments.verdict import Claim, PairedEffect, Verdict
 from analysis.report.document import Figure, Section, Table
+from analysis.report.latex import INSTALL_HINT, compile_pdf, pdflatex_available
+from analysis.report.tables import Column
 
 
 def tiny_section(mode: str, seed: int, results_root=None) -> Section:
@@ -40,10 +42,10 @@ def sections(monkeypatch):
 
 
 def test_writes_every_format_and_links_them(tmp_path, sections):
-    index = build_report(tmp_path / "reports", sections=["tiny"], seed=3, progress=False)
+    index = build_report(tmp_path / "reports", sections=["tiny"], seed=3, progress=False, pdf=False)
     folder = index.parent
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["index.md", "provenance.json", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png",
+    assert names == ["index.md", "provenance.json", "report.tex", "tiny.csv", "tiny.md", "tiny.tex", "tiny_bars.png",
                      "tiny_long.csv", "tiny_long.md", "tiny_long.tex"]
     text = index.read_text()
     assert "## Tiny (quick)" in text and "**Verdict at this scale:** shows" in text
@@ -61,20 +63,20 @@ def _without_provenance(index: Path) -> list[str]:
 
 def test_same_seed_same_bytes(tmp_path, sections):
     """Every table and figure is byte-identical; index.md differs only in its provenance lines (time, machine)."""
-    first = build_report(tmp_path / "one", sections=["tiny"], progress=False).parent
-    second = build_report(tmp_path / "two", sections=["tiny"], progress=False).parent
+    first = build_report(tmp_path / "one", sections=["tiny"], progress=False, pdf=False).parent
+    second = build_report(tmp_path / "two", sections=["tiny"], progress=False, pdf=False).parent
     for path in first.iterdir():
-        if path.name not in ("index.md", "provenance.json"):
+        if path.name not in ("index.md", "provenance.json", "report.tex"):
             assert path.read_bytes() == (second / path.name).read_bytes(), path.name
     assert _without_provenance(first / "index.md") == _without_provenance(second / "index.md")
 
 
 def test_a_failing_section_leaves_the_old_report_intact(tmp_path, sections):
     out = tmp_path / "reports"
-    build_report(out, sections=["tiny"], progress=False)
+    build_report(out, sections=["tiny"], progress=False, pdf=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(RuntimeError, match="experiment crashed"):
-        build_report(out, progress=False)
+        build_report(out, progress=False, pdf=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["reports"]  # no staging folder left behind
 
@@ -91,7 +93,7 @@ def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
     keys = [key for key, _ in report_build.SECTIONS]
-    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS]
+    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS, "blocks"]
     assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
@@ -106,9 +108,9 @@ def test_default_sections_per_mode(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report_build, "SECTIONS", [(k, recorder(k)) for k in ("a", "b", "c")])
     monkeypatch.setattr(report_build, "QUICK_SECTIONS", ("a", "c"))
-    build_report(tmp_path / "q", progress=False)
-    build_report(tmp_path / "f", tier="full", progress=False)
-    build_report(tmp_path / "all", sections="all", progress=False)
+    build_report(tmp_path / "q", progress=False, pdf=False)
+    build_report(tmp_path / "f", tier="full", progress=False, pdf=False)
+    build_report(tmp_path / "all", sections="all", progress=False, pdf=False)
     assert ran == [("a", "quick"), ("c", "quick"), ("a", "full"), ("b", "full"), ("c", "full"),
                    ("a", "quick"), ("b", "quick"), ("c", "quick")]
 
@@ -126,7 +128,7 @@ def test_claims_at_a_glance_and_claims_csv(tmp_path, monkeypatch):
                                                     _claim("no effect detected", 0.01, -0.01, 0.03)])
 
     monkeypatch.setattr(report_build, "SECTIONS", [("claims", claiming)])
-    index = build_report(tmp_path / "r", tier="standard", sections=["claims"], progress=False)
+    index = build_report(tmp_path / "r", tier="standard", sections=["claims"], progress=False, pdf=False)
     text = index.read_text()
     glance = text.index("## Claims at a glance")
     assert glance < text.index("## Tiny claims")  # at the top, before the sections
@@ -144,16 +146,47 @@ def test_claims_at_a_glance_and_claims_csv(tmp_path, monkeypatch):
 
 def test_each_tier_has_its_folder_and_another_tiers_report_is_not_overwritten(tmp_path, monkeypatch, sections):
     monkeypatch.chdir(tmp_path)
-    quick = build_report(sections=["tiny"], progress=False)
+    quick = build_report(sections=["tiny"], progress=False, pdf=False)
     assert quick == Path("runs") / "report-quick" / "index.md"
-    standard = build_report(tier="standard", sections=["tiny"], progress=False)
+    standard = build_report(tier="standard", sections=["tiny"], progress=False, pdf=False)
     assert standard == Path("reports") / "index.md"
     before = {p.name: p.read_bytes() for p in Path("reports").iterdir()}
     with pytest.raises(ValueError, match="reports holds the standard tier's report; writing the quick tier there"):
         build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False)
     assert {p.name: p.read_bytes() for p in Path("reports").iterdir()} == before
-    build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False, force=True)
+    build_report(Path("reports"), tier="quick", sections=["tiny"], progress=False, force=True, pdf=False)
     assert json.loads(Path("reports/provenance.json").read_text())["tier"] == "quick"
+
+
+def _long_section(mode, seed, results_root=None) -> Section:
+    frame = pd.DataFrame({"grid": range(8, 60), "scheme": ["5x5->2x3x3"] * 52, "ratio": [18 / 25] * 52})
+    return Section(title="Symbols: 5x5 -> two 3x3 >= 28% ± 0", text="`code`, **bold** and a [link](#x).",
+                   verdict="supports: +0.05 [+0.02, +0.08]", claims=[_claim("supports", 0.05, 0.02, 0.08)],
+                   tables=[Table("long", "A long table (52 rows > 40): a longtable in the appendix", frame,
+                                 inline=False),
+                           Table("short", "A short one with a display spec", frame.head(3),
+                                 columns={"grid": Column("Grid (px)"), "ratio": Column("Ratio", digits=2, best="max")})],
+                   figures=[Figure("fig", "A figure", lambda: plt.subplots()[0])])
+
+
+@pytest.mark.skipif(not pdflatex_available(), reason=f"pdflatex is not installed ({INSTALL_HINT})")
+@pytest.mark.slow
+def test_the_report_compiles_to_a_pdf_and_every_table_compiles_on_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_build, "SECTIONS", [("long", _long_section)])
+    folder = build_report(tmp_path / "r", tier="standard", progress=False).parent
+    assert (folder / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    source = (folder / "report.tex").read_text()
+    assert r"\input{claims.tex}" in source and r"\appendix" in source and source.index(r"\input{short.tex}") < \
+        source.index(r"\appendix") < source.index(r"\input{long.tex}")
+    long_table = (folder / "long.tex").read_text()
+    assert long_table.startswith(r"\begin{longtable}") and r"\label{tab:long}" in long_table
+    assert r"5$\times$5$\rightarrow$2$\times$3$\times$3" in long_table and "->" not in long_table
+    for table in ("long", "short", "claims"):
+        standalone = tmp_path / f"alone-{table}.tex"
+        standalone.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{longtable}\n"
+                              f"\\begin{{document}}\n\\input{{{folder / table}.tex}}\n\\end{{document}}\n")
+        compile_pdf(tmp_path, standalone.name)
+        assert (tmp_path / f"alone-{table}.pdf").exists()
 
 
 @pytest.mark.slow
@@ -201,6 +234,22 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     assert wide.set_index("model").loc["small_inception", "4x4"] == 0.0  # its last stage runs at 8x8
     assert section.tables[0].notes[0].startswith("MACs: fvcore counts one fused multiply-add")
     assert _drawn(section) == ["gmacs_by_grid"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_blocks_appendix_has_one_table_per_model_summing_to_its_total(monkeypatch):
+    from analysis.instruments.counting import count_model, create_model_for_counting, totals
+    from analysis.report.sections import zoo as report_sections
+
+    counts = {"small_inception": count_model(create_model_for_counting("small_inception"), input_size=32)}
+    monkeypatch.setattr(report_sections, "list_models", lambda: ["small_inception"])
+    monkeypatch.setattr(report_sections, "_counts", counts.__getitem__)
+    section = report_sections.blocks_section("quick", 0)
+    (table,) = section.tables
+    assert table.stem == "blocks_small_inception" and not table.inline
+    frame = table.frame.set_index("block")
+    assert frame.loc["(total)", "params"] == 1_651_114 == frame.drop(index="(total)")["params"].sum()
+    assert frame.loc["(total)", "macs"] == totals(counts["small_inception"])["macs"]
 
 
 @pytest.mark.usefixtures("one_thread")

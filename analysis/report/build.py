@@ -25,6 +25,7 @@ from analysis.experiments.runner import RESULTS_ROOT
 from analysis.io import atomic_write_text
 from analysis.report.document import TIERS, Section, SectionBuilder, Tier
 from analysis.report.figures import save_figure
+from analysis.report.latex import INSTALL_HINT, PDF_FILE, TEX_FILE, compile_pdf, document, pdflatex_available
 from analysis.report.provenance import PROVENANCE_FILE, collect, read_tier
 from analysis.report.sections import (
     aux_heads,
@@ -38,7 +39,7 @@ from analysis.report.sections import (
     xception_vs_v3,
     zoo,
 )
-from analysis.report.tables import render, write_table
+from analysis.report.tables import Column, render, write_table
 
 __all__ = ["CLAIMS_FILE", "QUICK_SECTIONS", "SECTIONS", "TIER_FOLDERS", "build_report", "render_section"]
 
@@ -56,13 +57,14 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
     ("aux_heads", aux_heads.section),
     ("xception_vs_v3", xception_vs_v3.section),
     ("bn_speedup", bn_speedup.section),
+    ("blocks", zoo.blocks_section),
 ]
 
 # What a default quick report runs, within its 10-minute budget on 2 CPU cores: the counting and the three
 # main experiments. The claims of issue 9 (residual speed-up, label smoothing, aux heads, Xception, BN
 # speed-up) take minutes each even in their quick configs: `inception-lab report --all` adds them.
 QUICK_SECTIONS: tuple[str, ...] = ("zoo", "cost_by_grid", "factorization", "factorization_grid", "dead_units",
-                                   "smoothness")
+                                   "smoothness", "blocks")
 
 
 def render_section(section: Section, folder: Path) -> str:
@@ -73,10 +75,11 @@ def render_section(section: Section, folder: Path) -> str:
     if section.verdict:
         lines += [f"**Verdict at this scale:** {section.verdict}", ""]
     for table in section.tables:
-        write_table(table.frame, folder / table.stem, title=table.title, notes=table.notes)
+        write_table(table.frame, folder / table.stem, title=table.title, notes=table.notes, columns=table.columns)
         links = f"[CSV]({table.stem}.csv) · [LaTeX]({table.stem}.tex) · [Markdown]({table.stem}.md)"
         if table.inline:
-            lines += [render(table.frame, "markdown", title=table.title, notes=table.notes).rstrip(), "", links, ""]
+            lines += [render(table.frame, "markdown", title=table.title, notes=table.notes,
+                             columns=table.columns).rstrip(), "", links, ""]
         else:
             lines += [f"**{table.title}** ({len(table.frame)} rows): {links}", ""]
     for fig in section.figures:
@@ -101,7 +104,7 @@ MACHINE_NOTE = (
 
 def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: int = 0,
                  sections: list[str] | Literal["all"] | None = None, progress: bool = True,
-                 results_root: str | Path = RESULTS_ROOT, force: bool = False) -> Path:
+                 results_root: str | Path = RESULTS_ROOT, force: bool = False, pdf: bool = True) -> Path:
     """Write the report of ``tier`` to ``out`` (default :data:`TIER_FOLDERS`: ``reports/`` for the standard
     tier): ``index.md`` (provenance, claims at a glance, then every section), every table as Markdown, LaTeX
     and CSV, figures as PNG, ``claims.csv`` and ``provenance.json``.
@@ -109,7 +112,8 @@ def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: i
     ``sections`` picks section keys; ``None`` means every section, except that the quick tier leaves out the
     slower claims (:data:`QUICK_SECTIONS`); ``"all"`` means every section in any tier. The experiments keep
     their resumable results under ``results_root``, so a rerun reuses them. A folder that holds another tier's
-    report is refused unless ``force``. Everything is written to a staging folder and swapped in at the end."""
+    report is refused unless ``force``. ``pdf``: compile ``report.tex`` into ``report.pdf`` when ``pdflatex`` is
+    installed. Everything is written to a staging folder and swapped in at the end."""
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
     out = TIER_FOLDERS[tier] if out is None else Path(out)
@@ -132,13 +136,14 @@ def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: i
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        body, claims = [], []
+        body, claims, built = [], [], []
         for key, builder in tqdm(builders, desc=f"report ({tier})", disable=not progress, unit="section"):
             start = time.perf_counter()
             section = builder(tier, seed, Path(results_root))
             body.append(render_section(section, staging))
             provenance.sections[key] = round(time.perf_counter() - start, 1)
             claims += [(section.title, claim) for claim in section.claims]
+            built.append(section)
         titles = [s.split(chr(10))[0][3:] for s in body]
         header = ["# Inception Lab report", "",
                   f"**Tier: `{tier}`**, seed {seed}. Regenerate with `{command}`. {TIER_NOTES[tier]}", "",
@@ -147,7 +152,17 @@ def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: i
                   ""]
         if claims:
             header += _claims_at_a_glance(claims, staging)
-        header += ["Contents: " + " · ".join(f"[{t}](#{_anchor(t)})" for t in titles), ""]
+        atomic_write_text(staging / TEX_FILE, document(built, header=header[2:5],
+                                                       claims_table=Path(CLAIMS_FILE).stem if claims else None))
+        if pdf and pdflatex_available():
+            compile_pdf(staging)
+            whole = f"[PDF]({PDF_FILE}) ([LaTeX source]({TEX_FILE}))"
+        elif pdf:
+            whole = f"[LaTeX source]({TEX_FILE}); no PDF: pdflatex is not installed here (`{INSTALL_HINT}`)"
+        else:
+            whole = f"[LaTeX source]({TEX_FILE})"
+        header += [f"The whole report as one document: {whole}.", "",
+                   "Contents: " + " · ".join(f"[{t}](#{_anchor(t)})" for t in titles), ""]
         atomic_write_text(staging / "index.md", "\n".join(header) + "\n" + "\n".join(body))
         atomic_write_text(staging / PROVENANCE_FILE, provenance.to_json())
         _swap_in(staging, out)
@@ -165,13 +180,21 @@ TIER_NOTES = {
 }
 
 
+CLAIM_DISPLAY = {"claim": Column("Claim"), "measure": Column("Measure"),
+                 "effect": Column("Effect [95% CI]", digits=3, interval=("ci_low", "ci_high")),
+                 "seeds": Column("Seeds"), "arms_learned": Column("Runs learned"), "mde": Column("MDE", digits=3),
+                 "verdict": Column("Verdict")}
+
+
 def _claims_at_a_glance(claims: list[tuple[str, Claim]], folder: Path) -> list[str]:
     """Write ``claims.csv`` and return the "Claims at a glance" lines of ``index.md``, each row linked to its
     section."""
     frame = pd.DataFrame([{**claim.row(), "section": f"index.md#{_anchor(title)}"} for title, claim in claims])
-    write_table(frame, folder / Path(CLAIMS_FILE).stem, title="Claims at a glance",
-                notes=[f"effect, ci_low, ci_high: {INTERVAL_METHOD} on paired seeds, signed so that positive is the "
-                       "paper's direction; mde: the minimum detectable effect at 80% power."])
+    write_table(frame, folder / Path(CLAIMS_FILE).stem, columns=CLAIM_DISPLAY,
+                title="Claims at a glance: each paper claim tested by a trained experiment, its paired effect and "
+                      "verdict",
+                notes=[f"Effect and interval: {INTERVAL_METHOD} on paired seeds, signed so that positive is the "
+                       "paper's direction; MDE: the minimum detectable effect at 80% power."])
     shown = pd.DataFrame({
         "Claim": [f"[{claim.claim}](#{_anchor(title)})" for title, claim in claims],
         "Paper": [claim.paper for _, claim in claims],

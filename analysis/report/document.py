@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping
 
 import pandas as pd
 
 from analysis.experiments.verdict import Claim
+from analysis.report.tables import Column
 
 __all__ = ["TIERS", "Figure", "Section", "SectionBuilder", "Table", "Tier"]
 
@@ -26,14 +27,18 @@ TIERS: tuple[str, ...] = ("quick", "standard", "full")
 
 @dataclass
 class Table:
-    """A table of the report, written as ``stem.md``, ``stem.tex`` and ``stem.csv``; ``inline=False`` keeps
-    a long table out of ``index.md`` (linked only)."""
+    """A table of the report, written as ``stem.md``, ``stem.tex`` (labelled ``tab:<stem>``) and ``stem.csv``
+    (the whole frame); ``title`` is its caption (a sentence that says what the table shows); ``columns`` the
+    display spec of the Markdown and LaTeX forms (:class:`~analysis.report.tables.Column`: headers with units,
+    one precision per column, spreads, the best value); ``inline=False`` keeps a long table out of ``index.md``
+    (linked) and in the PDF's appendix."""
 
     stem: str
     title: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     inline: bool = True
+    columns: Mapping[str, Column] | None = None
 
 
 @dataclass

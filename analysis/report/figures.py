@@ -21,7 +21,7 @@ import seaborn as sns
 from analysis.io import atomic_path
 
 __all__ = ["STYLE", "band_lines", "bar_params_macs", "figure_style", "heatmap", "lines", "reliability_figure",
-           "save_figure", "stacked_by_grid", "styled"]
+           "save_figure", "stacked_shares", "styled"]
 
 # seaborn's theme for the report. ``color_codes=False``: seaborn would otherwise remap matplotlib's one-letter
 # colours ("b", "g", ...) for the whole process, a change that no rc context undoes.
@@ -60,44 +60,48 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 @styled
 def bar_params_macs(df: pd.DataFrame, *, label: str = "model") -> plt.Figure:
-    """Side-by-side bars of parameters (millions) and GMACs per ``label``, reference marks where given."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(df) + 1.5), sharey=True)
+    """Side-by-side bars of our parameters (millions) and conv + FC GMACs per ``label``; black ticks mark the
+    reference port's parameter count (``ref_params``), open circles a paper's printed figure where it is a
+    number (``published_params_value``, ``published_gmacs_value``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(df) + 1.8), sharey=True)
     order = list(df[label])
-    for ax, (col, ref, xlabel) in zip(axes, [("params", "ref_params", "parameters (millions)"),
-                                             ("gmacs", "ref_gmacs", "GMACs at native input")]):
-        scale = 1e6 if col == "params" else 1.0
-        sns.barplot(x=df[col] / scale, y=df[label], order=order, ax=ax, color=sns.color_palette()[0])
-        if ref in df:
-            refs = df[ref].astype("float") / scale
-            ax.scatter(refs, range(len(df)), marker="|", s=300, color="black", zorder=3, label="published")
-            ax.legend(loc="lower right")
+    y = np.arange(len(df))
+    panels = [("params", 1e6, "ref_params", "published_params_value", "parameters (millions)"),
+              ("gmacs", 1.0, None, "published_gmacs_value", "GMACs at the native input (conv + FC)")]
+    for ax, (col, scale, port, printed, xlabel) in zip(axes, panels):
+        sns.barplot(x=df[col] / scale, y=df[label], order=order, ax=ax, color=sns.color_palette()[0],
+                    label="ours (fvcore)")
+        if port and port in df:
+            ax.scatter(df[port].astype("float") / scale, y, marker="|", s=300, color="black", zorder=3,
+                       label="reference port (measured)")
+        if printed in df and df[printed].notna().any():
+            ax.scatter(df[printed].astype("float") / scale, y, marker="o", s=45, facecolors="none",
+                       edgecolors="crimson", zorder=4, label="paper's printed figure")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
+        ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 
 
 @styled
-def stacked_by_grid(df: pd.DataFrame, *, model: str = "model", grid: str = "grid", value: str = "gmacs",
-                    title: str = "") -> plt.Figure:
-    """Horizontal stacked bars: how each model's cost splits over grid sizes."""
-    pivot = df.pivot_table(index=model, columns=grid, values=value, aggfunc="sum", fill_value=0)
-    pivot = pivot[sorted(pivot.columns, key=_grid_key, reverse=True)]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(pivot) + 1.5))
-    pivot.plot.barh(stacked=True, ax=ax, colormap="viridis", width=0.8)
-    ax.set_xlabel(value)
+def stacked_shares(df: pd.DataFrame, *, index: str, columns: str, value: str, order: Sequence[str],
+                   xlabel: str, legend: str, title: str = "") -> plt.Figure:
+    """Horizontal 100%-stacked bars: each ``index`` row's ``value`` split over ``columns`` (in ``order``, a
+    sequential palette), as percentages, so rows of very different totals compare at a glance."""
+    pivot = df.pivot_table(index=index, columns=columns, values=value, aggfunc="sum", fill_value=0.0)
+    pivot = pivot.reindex(columns=[c for c in order if c in pivot.columns])
+    shares = 100.0 * pivot.div(pivot.sum(axis=1), axis=0)
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(shares) + 1.8))
+    colours = sns.color_palette("viridis", n_colors=len(shares.columns))
+    shares.plot.barh(stacked=True, ax=ax, color=colours, width=0.8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("")
     ax.set_title(title)
-    ax.legend(title="output grid", bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.legend(title=legend, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
-
-
-def _grid_key(grid: str) -> int:
-    try:
-        return int(str(grid).split("x")[0])
-    except ValueError:
-        return -1
 
 
 @styled

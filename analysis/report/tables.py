@@ -1,19 +1,50 @@
 """The one table writer: a tidy DataFrame to a terminal table, CSV, JSON, Markdown or LaTeX (booktabs).
 
-Tables only render; they never compute.
+Tables only render; they never compute. CSV and JSON keep the raw frame; the human-facing formats may be given a
+display spec (:class:`Column` per shown column: a header with units, a scale, one number of decimals for the
+whole column, a spread shown as "mean ± std" or an interval "[low, high]", and the best value, bold in LaTeX).
+LaTeX tables carry a caption and a ``\label{tab:...}``, write symbols in math mode (``$\pm$``, ``$\times$``,
+``$\rightarrow$``, ``$\geq$``; OT1 would print a bare ``>`` as an inverted question mark), and a table of more
+than :data:`LONG_ROWS` rows is a ``longtable`` that breaks across pages. Every ``.tex`` file compiles on its own
+inside a plain ``article`` with ``booktabs`` and ``longtable``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import pandas as pd
 
 from analysis.io import atomic_write_text
 
+__all__ = ["FORMATS", "LONG_ROWS", "Column", "latex_escape", "render", "write_table"]
+
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "latex")
+# Above this many rows a LaTeX table is a longtable (it breaks across pages; the report puts it in an appendix).
+LONG_ROWS = 40
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one column of a frame reads in a report table.
+
+    ``header``: the shown header, with its unit (``"Params (M)"``); ``scale`` multiplies the values
+    (``1e-6`` for millions, ``100`` for a percentage); ``digits``: the decimals of every value in the column
+    (None: integers with thousands separators, other numbers in the generic format); ``spread``: a column shown
+    after the value as ``± spread``; ``interval``: two columns shown after the value as ``[low, high]``;
+    ``best``: ``"max"`` or ``"min"``: that value is set in bold in LaTeX."""
+
+    header: str
+    digits: int | None = None
+    scale: float = 1.0
+    spread: str | None = None
+    interval: tuple[str, str] | None = None
+    best: str | None = None
 
 
 # Integer columns that are labels, not counts: no thousands separators (a year of 2,015 reads as a count).
@@ -34,6 +65,44 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out.fillna("")
 
 
+def _fixed(value: object, col: Column) -> str:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars as Python numbers
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    value = value * col.scale
+    if col.digits is None:
+        return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else _format_float(float(value))
+    return f"{value:,.{col.digits}f}"
+
+
+def _spec_frame(df: pd.DataFrame, columns: Mapping[str, Column]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The shown frame of a display spec, and per shown header the row of its best value (for LaTeX bold)."""
+    missing = [name for name, col in columns.items()
+               for needed in (name, col.spread, *(col.interval or ())) if needed and needed not in df]
+    if missing:
+        raise KeyError(f"display columns {sorted(set(missing))} are not in the frame (columns: {list(df.columns)})")
+    shown, best = {}, {}
+    for name, col in columns.items():
+        cells = []
+        for i in range(len(df)):
+            text = _fixed(df[name].iloc[i], col)
+            if col.spread and text:
+                text += f" ± {_fixed(df[col.spread].iloc[i], col)}"
+            if col.interval and text:
+                low, high = (_fixed(df[c].iloc[i], col) for c in col.interval)
+                text += f" [{low}, {high}]"
+            cells.append(text)
+        shown[col.header] = cells
+        if col.best in ("max", "min"):
+            values = pd.to_numeric(df[name], errors="coerce")
+            if values.notna().any():
+                best[col.header] = int(values.idxmax() if col.best == "max" else values.idxmin())
+    return pd.DataFrame(shown), {h: df.index.get_loc(i) for h, i in best.items()}
+
+
 def _format_float(v: float) -> str:
     if pd.isna(v):
         return ""
@@ -42,13 +111,14 @@ def _format_float(v: float) -> str:
     return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
 
 
-def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, notes: Iterable[str] = ()) -> str:
+def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, notes: Iterable[str] = (),
+           columns: Mapping[str, Column] | None = None, label: str | None = None) -> str:
     """Render ``df`` as text in ``fmt`` (one of :data:`FORMATS`).
 
     ``csv`` and ``json`` keep the raw values (machine-readable, no title or notes); ``table``, ``markdown``
-    and ``latex`` format numbers for reading and print ``notes`` under the table (e.g. what a MAC count
-    leaves out).
-    """
+    and ``latex`` format numbers for reading (with ``columns``, only those columns, as their :class:`Column`
+    says) and print ``notes`` under the table (e.g. what a MAC count leaves out). ``label`` is the LaTeX label
+    (``tab:...``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     notes = list(notes)
@@ -56,9 +126,12 @@ def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, no
         return df.to_csv(index=False)
     if fmt == "json":
         return json.dumps(json.loads(df.to_json(orient="records")), indent=2) + "\n"
-    shown = _display_frame(df)
+    if columns:
+        shown, best = _spec_frame(df.reset_index(drop=True), columns)
+    else:
+        shown, best = _display_frame(df), {}
     if fmt == "latex":
-        return _latex(shown, title=title, notes=notes)
+        return _latex(shown, title=title, notes=notes, label=label, best=best)
     # Numbers are already formatted; tabulate must not re-parse them (it would print 6,624,904 as 6.6249e+06).
     align = ["right" if _looks_numeric(shown[c]) else "left" for c in shown.columns]
     body = shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
@@ -72,25 +145,64 @@ def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, no
     return "\n".join(parts) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(repl.get(ch, ch) for ch in str(text))
+# Text that OT1 text mode cannot print, as math: arrows, comparisons, plus-minus, times. Order matters (the
+# two-character forms first).
+_LATEX_SYMBOLS = [("->", r"$\rightarrow$"), ("+-", r"$\pm$"), (">=", r"$\geq$"), ("<=", r"$\leq$"),
+                  ("±", r"$\pm$"), ("×", r"$\times$"), ("→", r"$\rightarrow$"), ("≥", r"$\geq$"),
+                  ("≤", r"$\leq$"), ("≈", r"$\approx$"), ("−", "-"), (">", r"$>$"), ("<", r"$<$")]
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TIMES = re.compile(r"(?<=\d)x(?=\d)")  # 5x5, 17x17: a multiplication sign, not a letter
 
 
-def _latex(df: pd.DataFrame, *, title: str | None, notes: list[str]) -> str:
+def latex_escape(text: object) -> str:
+    """``text`` for LaTeX text mode: special characters escaped, symbols in math mode, ``5x5`` as 5$\times$5,
+    ``**bold**`` as ``\textbf``, ```code``` as ``\texttt``; anything else outside ASCII is dropped with a ``?``
+    so that pdflatex never stops on it."""
+    out, i, s = [], 0, str(text)
+    s = _TIMES.sub("×", s)
+    while i < len(s):
+        for sym, tex in _LATEX_SYMBOLS:
+            if s.startswith(sym, i):
+                out.append(tex)
+                i += len(sym)
+                break
+        else:
+            ch = s[i]
+            out.append(_LATEX_SPECIAL.get(ch, ch if ord(ch) < 128 else "?"))
+            i += 1
+    escaped = "".join(out)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", escaped)
+    return re.sub(r"`(.+?)`", r"\\texttt{\1}", escaped)
+
+
+def _latex(df: pd.DataFrame, *, title: str | None, notes: list[str], label: str | None,
+           best: Mapping[str, int]) -> str:
     align = "".join("r" if _looks_numeric(df[c]) else "l" for c in df.columns)
-    lines = [r"\begin{table}[t]", r"\centering"]
-    if title:
-        lines.append(rf"\caption{{{_latex_escape(title)}}}")
-    lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(_latex_escape(c) for c in df.columns) + r" \\",
-              r"\midrule"]
-    for row in df.itertuples(index=False):
-        lines.append(" & ".join(_latex_escape(v).replace(",", "{,}") if _is_number(v) else _latex_escape(v)
-                                for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    for n in notes:
-        lines.append(rf"\par\footnotesize {_latex_escape(n)}")
+    header = " & ".join(latex_escape(c) for c in df.columns) + r" \\"
+    rows = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        cells = []
+        for col, value in zip(df.columns, row):
+            text = latex_escape(value).replace(",", "{,}") if _is_number(value) else latex_escape(value)
+            cells.append(rf"\textbf{{{text}}}" if best.get(col) == i and text else text)
+        rows.append(" & ".join(cells) + r" \\")
+    caption = rf"\caption{{{latex_escape(title)}}}" if title else ""
+    tag = rf"\label{{{label}}}" if label else ""
+    if len(df) > LONG_ROWS:
+        lines = [rf"\begin{{longtable}}{{{align}}}"]
+        if caption or tag:
+            lines.append(caption + tag + r" \\")
+        lines += [r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule",
+                  r"\endhead", r"\bottomrule", r"\endfoot", *rows, r"\end{longtable}"]
+        lines += [rf"{{\footnotesize {latex_escape(n)}\par}}" for n in notes]
+        return "\n".join(lines) + "\n"
+    lines = [r"\begin{table}[htbp]", r"\centering"]
+    if caption or tag:
+        lines.append(caption + tag)
+    lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule", header, r"\midrule", *rows, r"\bottomrule",
+              r"\end{tabular}"]
+    lines += [rf"\par\smallskip{{\footnotesize {latex_escape(n)}\par}}" for n in notes]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -110,14 +222,17 @@ def _looks_numeric(col: pd.Series) -> bool:
 
 def write_table(
     df: pd.DataFrame, stem: str | Path, *, title: str | None = None, notes: Iterable[str] = (),
-    formats: Iterable[str] = ("markdown", "latex", "csv"),
+    formats: Iterable[str] = ("markdown", "latex", "csv"), columns: Mapping[str, Column] | None = None,
+    label: str | None = None,
 ) -> list[Path]:
-    """Write ``df`` as ``stem.md``, ``stem.tex`` and ``stem.csv`` (atomically); return the paths."""
+    """Write ``df`` as ``stem.md``, ``stem.tex`` (labelled ``tab:<stem>`` unless ``label`` says otherwise) and
+    ``stem.csv`` (the raw frame), atomically; return the paths."""
     suffix = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "json": ".json", "table": ".txt"}
     stem = Path(stem)
+    label = label or f"tab:{stem.name}"
     paths = []
     for fmt in formats:
         path = stem.with_suffix(suffix[fmt])
-        atomic_write_text(path, render(df, fmt, title=title, notes=notes))
+        atomic_write_text(path, render(df, fmt, title=title, notes=notes, columns=columns, label=label))
         paths.append(path)
     return paths
