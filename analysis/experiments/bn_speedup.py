@@ -234,7 +234,8 @@ def per_run(results: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
 
 def rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, multiplier) of the seed runs: the rate, the runs that passed the learnability gate
-    and that diverged, the mean curve area and final validation accuracy, and the time to the target with
+    and that diverged, the mean curve area and final validation accuracy (with their standard deviations over
+    seeds), and the time to the target with
     censoring ("reached in k/n seeds", Kaplan-Meier median in steps; inf: fewer than half got there)."""
     rows = []
     seeded = runs[runs["stage"] == "seed"].sort_values(["arm", "multiplier"])
@@ -243,8 +244,9 @@ def rate_table(runs: pd.DataFrame) -> pd.DataFrame:
             "variant": VARIANT_LABELS[arm], "multiplier": mult, "lr": float(cell["lr"].iloc[0]),
             "own tuned rate": bool(cell["own_rate"].iloc[0]),
             "learned": f"{int(cell['learned'].sum())}/{len(cell)}", "diverged": f"{int(cell['diverged'].sum())}/{len(cell)}",
-            "curve area (mean val. accuracy)": cell["curve_area"].mean(),
+            "curve area (mean val. accuracy)": cell["curve_area"].mean(), "curve area sd": cell["curve_area"].std(),
             "final val. accuracy": cell["final_val_accuracy"].mean(),
+            "final val. accuracy sd": cell["final_val_accuracy"].std(),
             "target reached": reached(cell["steps_to_target"]),
             "KM median steps to target": km_median(cell["steps_to_target"], float(cell["steps"].iloc[0])),
         })

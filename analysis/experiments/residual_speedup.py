@@ -246,7 +246,8 @@ def per_run(results: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
 
 def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per arm of the seed runs: its cost (parameters, GMACs, CPU seconds per step), tuned rate, the runs
-    that passed the gate, mean curve area and final validation accuracy, and the time to the pair's target with
+    that passed the gate, mean curve area and final validation accuracy (with their standard deviations over
+    seeds), and the time to the pair's target with
     censoring ("reached in k/n seeds"; Kaplan-Meier medians in steps and CPU seconds, inf: fewer than half)."""
     rows = []
     for arm, cell in runs[runs["stage"] == "seed"].groupby("arm", sort=False):
@@ -255,8 +256,9 @@ def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
             "pair": cell["pair"].iloc[0], "arm": cell["label"].iloc[0], "params": int(cell["params"].iloc[0]),
             "GMACs": cell["gmacs"].iloc[0], "CPU s per step": cell["cpu_per_step"].mean(), "lr": cell["lr"].iloc[0],
             "learned": f"{int(cell['learned'].sum())}/{len(cell)}",
-            "curve area (mean val. accuracy)": cell["curve_area"].mean(),
-            "final val. accuracy": cell["final_val_accuracy"].mean(), "target": cell["target"].iloc[0],
+            "curve area (mean val. accuracy)": cell["curve_area"].mean(), "curve area sd": cell["curve_area"].std(),
+            "final val. accuracy": cell["final_val_accuracy"].mean(),
+            "final val. accuracy sd": cell["final_val_accuracy"].std(), "target": cell["target"].iloc[0],
             "target reached": reached(cell["steps_to_target"]),
             "KM median steps": km_median(cell["steps_to_target"], budget),
             "KM median CPU s": km_median(cell["cpu_to_target"], budget * float(cell["cpu_per_step"].max())),

@@ -28,8 +28,35 @@ from analysis.experiments.runner import RESULTS_ROOT, default_results_dir, num_c
 from analysis.experiments.verdict import INTERVAL_METHOD
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import band_lines
+from analysis.report.tables import Column
 
 __all__ = ["section"]
+
+
+# The display specs of the inline tables: headers with units, one precision per column, mean ± sd over seeds.
+ACCURACY = dict(digits=1, scale=100)
+RATE_COLUMNS = {
+    "variant": Column("Variant"), "multiplier": Column("Rate (x base)", digits=0), "lr": Column("Learning rate"),
+    "own tuned rate": Column("Own tuned rate"), "learned": Column("Learned (runs)"),
+    "diverged": Column("Diverged (runs)"),
+    "curve area (mean val. accuracy)": Column("Curve area (%, mean ± sd)", spread="curve area sd", best="max",
+                                              **ACCURACY),
+    "final val. accuracy": Column("Final val. acc. (%, mean ± sd)", spread="final val. accuracy sd", **ACCURACY),
+    "target reached": Column("Target reached"), "KM median steps to target": Column("KM median steps", digits=0),
+}
+COMPARISON_COLUMNS = {
+    "comparison": Column("Comparison"), "BN side": Column("BN side (%)", **ACCURACY),
+    "no-BN side": Column("No-BN side (%)", **ACCURACY),
+    "effect": Column("Effect (pp) [95% CI]", interval=("ci_low", "ci_high"), **ACCURACY),
+    "mde": Column("MDE (pp)", **ACCURACY), "seeds": Column("Seeds"), "arms_learned": Column("Runs learned"),
+    "verdict": Column("Verdict"), "why": Column("Why"),
+}
+TUNING_COLUMNS = {
+    "variant": Column("Variant"), "lr": Column("Learning rate"),
+    "curve area (held-out split)": Column("Curve area, held-out (%)", **ACCURACY),
+    "final accuracy (held-out split)": Column("Final acc., held-out (%)", **ACCURACY),
+    "diverged": Column("Diverged"), "chosen": Column("Chosen"),
+}
 
 
 def _labelled(results: pd.DataFrame, base: float) -> pd.DataFrame:
@@ -47,11 +74,14 @@ def _accuracy_figure(results: pd.DataFrame, base: float, chance: float, target: 
                       xlabel="training step", ylabel="validation accuracy (mean; band: min-max over seeds)")
 
 
-def _loss_figure(results: pd.DataFrame, base: float) -> Any:
+def _loss_figure(results: pd.DataFrame, base: float, classes: int) -> Any:
+    # A linear axis: the losses span a narrow range (about 1.4-2.4 nats), where a log axis only distorts; ln K is
+    # the loss of a uniform guess, the line a net that learns nothing sits on.
     train = _labelled(results[results["split"] == "train"], base)
-    return band_lines(train, x="step", y="loss", hue="variant", col="rate", sharey=True, logy=True,
+    return band_lines(train, x="step", y="loss", hue="variant", col="rate", sharey=True,
+                      hlines={f"chance: ln {classes} = {math.log(classes):.2f}": math.log(classes)},
                       title="Training loss", xlabel="training step",
-                      ylabel="training loss, log scale (mean; band: min-max over seeds)")
+                      ylabel="training cross-entropy (nats; mean, band: min-max over seeds)")
 
 
 def _tuning_table(runs: pd.DataFrame, chosen: dict[str, float]) -> pd.DataFrame:
@@ -125,13 +155,14 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                   rate_table(runs),
                   [f"learned: runs whose best validation accuracy reached the gate {gate:.2f}; curve area: the mean "
                    f"validation accuracy over the {config['steps']} steps; target {target:.3f}; KM: Kaplan-Meier "
-                   "median over seeds in steps (inf: fewer than half of the seeds reached it)"]),
+                   "median over seeds in steps (inf: fewer than half of the seeds reached it)"], columns=RATE_COLUMNS),
             Table(f"{NAME}_comparisons", "Paired comparisons by curve area (positive: the BN side is faster)",
                   _comparison_table(decided),
                   [f"{INTERVAL_METHOD} on the per-seed differences of the curve area; MDE: the smallest effect "
-                   "detected with 80% power at this number of seeds"]),
+                   "detected with 80% power at this number of seeds; pp: percentage points"],
+                  columns=COMPARISON_COLUMNS),
             Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)",
-                  _tuning_table(runs, chosen)),
+                  _tuning_table(runs, chosen), columns=TUNING_COLUMNS),
             Table(f"{NAME}_runs", "BN vs no BN: one row per run", runs.drop(columns="point_id"), inline=False),
             Table(f"{NAME}_curves", "BN vs no BN: every logged step", results.drop(columns="point_id"),
                   inline=False),
@@ -141,8 +172,9 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                    "same rate) should rise earlier, and at 5x and 30x keep learning where the net without BN stalls "
                    "at chance or diverges (line: mean over seeds; band: min-max)",
                    lambda: _accuracy_figure(results, base, chance, target)),
-            Figure(f"{NAME}_loss", "Training loss against steps, one panel per rate (log scale; a diverged run's "
-                   "curve ends where its loss became NaN)", lambda: _loss_figure(results, base)),
+            Figure(f"{NAME}_loss", "Training loss against steps, one panel per rate: the BN net's loss should fall "
+                   "below the chance line (ln K, a uniform guess) sooner; a net that does not learn stays on it, and a "
+                   "diverged run's curve ends where its loss became NaN", lambda: _loss_figure(results, base, num_classes(config))),
         ],
         verdict=verdict,
         claims=decided_claims,

@@ -26,11 +26,39 @@ from analysis.experiments.runner import RESULTS_ROOT, default_results_dir
 from analysis.experiments.verdict import INTERVAL_METHOD
 from analysis.report.document import Figure, Section, Table
 from analysis.report.figures import band_lines
+from analysis.report.tables import Column
 
 __all__ = ["section"]
 
 KIND_LABELS = {"residual": "Inception-ResNet (residual)", "inception": "Inception-v3/v4 (paper's pair)",
                "no_shortcut": "Inception-ResNet, no shortcut"}
+
+# The display specs of the inline tables: headers with units, one precision per column, mean ± sd over seeds.
+ACCURACY = dict(digits=1, scale=100)
+ARM_COLUMNS = {
+    "pair": Column("Pair"), "arm": Column("Arm"), "params": Column("Params (k)", digits=0, scale=1e-3),
+    "GMACs": Column("MMACs", digits=1, scale=1e3), "CPU s per step": Column("CPU s / step", digits=3),
+    "lr": Column("Learning rate"), "learned": Column("Learned (runs)"),
+    "curve area (mean val. accuracy)": Column("Curve area vs steps (%, mean ± sd)", spread="curve area sd",
+                                              **ACCURACY),
+    "final val. accuracy": Column("Final val. acc. (%, mean ± sd)", spread="final val. accuracy sd", **ACCURACY),
+    "target": Column("Target (%)", **ACCURACY), "target reached": Column("Target reached"),
+    "KM median steps": Column("KM median steps", digits=0), "KM median CPU s": Column("KM median CPU s", digits=0),
+}
+COMPARISON_COLUMNS = {
+    "residual net": Column("Residual net"), "against": Column("Against"),
+    "curve area against": Column("Curve area against"), "residual": Column("Residual (%)", **ACCURACY),
+    "non-residual": Column("Non-residual (%)", **ACCURACY),
+    "effect": Column("Effect (pp) [95% CI]", interval=("ci_low", "ci_high"), **ACCURACY),
+    "mde": Column("MDE (pp)", **ACCURACY), "seeds": Column("Seeds"), "arms_learned": Column("Runs learned"),
+    "verdict": Column("Verdict"), "why": Column("Why"),
+}
+TUNING_COLUMNS = {
+    "arm": Column("Arm"), "lr": Column("Learning rate"),
+    "curve area (held-out split)": Column("Curve area, held-out (%)", **ACCURACY),
+    "final accuracy (held-out split)": Column("Final acc., held-out (%)", **ACCURACY),
+    "diverged": Column("Diverged"), "chosen": Column("Chosen"),
+}
 
 
 def _labelled(results: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -52,9 +80,11 @@ def _accuracy_figure(results: pd.DataFrame, runs: pd.DataFrame, x: str, xlabel: 
 
 def _loss_figure(results: pd.DataFrame, runs: pd.DataFrame) -> Any:
     train = _labelled(results[results["split"] == "train"], runs)
-    return band_lines(train, x="step", y="loss", hue="kind", col="pair", sharey=True, logy=True,
+    classes = round(1.0 / float(runs["chance"].iloc[0]))
+    return band_lines(train, x="step", y="loss", hue="kind", col="pair", sharey=True,
+                      hlines={f"chance: ln {classes} = {math.log(classes):.2f}": math.log(classes)},
                       title="Training loss", xlabel="training step",
-                      ylabel="training loss, log scale (mean; band: min-max over seeds)")
+                      ylabel="training cross-entropy (nats; mean, band: min-max over seeds)")
 
 
 def _tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -120,13 +150,14 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                   [f"learned: runs whose best validation accuracy reached the gate {gate:.2f}; curve area: the mean "
                    f"validation accuracy over the {config['steps']} steps; KM: Kaplan-Meier median over seeds (inf: "
                    "fewer than half of the seeds reached the target); CPU s per step: one thread, evaluations "
-                   "included; GMACs: fvcore, one image at the training input"]),
+                   "included; MMACs: fvcore, one image at the training input"], columns=ARM_COLUMNS),
             Table(f"{NAME}_comparisons", "Paired comparisons by curve area (positive: the residual net is faster)",
                   _comparison_table(decided),
                   [f"{INTERVAL_METHOD} on the per-seed differences; MDE: the smallest effect detected with 80% "
                    "power at this number of seeds; against CPU seconds: up to the CPU time in which the costlier "
-                   "arm of the seed does the whole budget"]),
-            Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)", _tuning_table(runs)),
+                   "arm of the seed does the whole budget; pp: percentage points"], columns=COMPARISON_COLUMNS),
+            Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)", _tuning_table(runs),
+                  columns=TUNING_COLUMNS),
             Table(f"{NAME}_runs", "Residual vs non-residual: one row per run", runs.drop(columns="point_id"),
                   inline=False),
             Table(f"{NAME}_curves", "Residual vs non-residual: every logged step", results.drop(columns="point_id"),
@@ -139,7 +170,9 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
             Figure(f"{NAME}_time", "Validation accuracy against the run's CPU seconds, one line per seed: the "
                    "same race paid for in compute, where the cheaper net per step gets further in the same time",
                    lambda: _accuracy_figure(results, runs, "cpu_s", "CPU seconds (the run's one-thread process)")),
-            Figure(f"{NAME}_loss", "Training loss against steps (log scale; mean over seeds, band: min-max)",
+            Figure(f"{NAME}_loss", "Training loss against steps, one panel per pair: the residual net's loss should "
+                   "leave the chance line (ln K, a uniform guess) sooner and fall faster (mean over seeds, band: "
+                   "min-max)",
                    lambda: _loss_figure(results, runs)),
         ],
         verdict=verdict,
