@@ -119,6 +119,10 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
     depth = ("the paper's depth (5, 10 and 5 Inception-ResNet-A, -B and -C blocks)" if config["block_counts"] is None
              else f"{tuple(config['block_counts'])} Inception-ResNet-A/B/C blocks")
     pairs = ", ".join(f"{PAIRS[p]['residual_label']} vs {PAIRS[p]['inception_label']}" for p in config["pairs"])
+    if "v2" not in config["pairs"]:
+        pairs += (" only: the pair of matched cost (Inception-ResNet-v2 vs Inception-v4 is not matched at this width, "
+                  "Inception-v4 costing about 1.5x the MACs, and does not fit this tier's budget; it is in the full "
+                  "tier)")
     tuned = (f"every arm trained once at each rate of {', '.join(f'{lr:g}' for lr in config['lrs'])} (tuning seed, "
              f"judged on a held-out split by {config['tune_metric'].replace('_', ' ')}; the chosen rate is in the "
              "tables)" if len(config["lrs"]) > 1 else f"one rate, {config['lrs'][0]:g}, no tuning (the quick tier)")
