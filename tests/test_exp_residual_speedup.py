@@ -187,3 +187,13 @@ def test_section_renders_tables_figures_and_claims(tiny, tmp_path, monkeypatch):
                  "residual_speedup_loss.png"):
         assert (tmp_path / stem).exists(), stem
     assert "Verdict at this scale" in markdown and "not tested" in markdown
+    # The loss figure: a linear axis, with the chance line at ln K (K = 10 classes) in every panel.
+    loss = next(f for f in section.figures if f.stem == "residual_speedup_loss").draw()
+    for ax in loss.axes:
+        assert ax.get_yscale() == "linear"
+        assert any(list(line.get_ydata()) == pytest.approx([math.log(10)] * 2) for line in ax.get_lines())
+    # Every accuracy plot marks chance (0.1).
+    for figure in section.figures:
+        if figure.stem != "residual_speedup_loss":
+            for ax in figure.draw().axes:
+                assert any(list(line.get_ydata()) == pytest.approx([0.1] * 2) for line in ax.get_lines())
