@@ -161,8 +161,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                   [f"{INTERVAL_METHOD} on the per-seed differences of the curve area; MDE: the smallest effect "
                    "detected with 80% power at this number of seeds; pp: percentage points"],
                   columns=COMPARISON_COLUMNS),
-            Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)",
-                  _tuning_table(runs, chosen), columns=TUNING_COLUMNS),
+            *([Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)",
+                     _tuning_table(runs, chosen), columns=TUNING_COLUMNS)] if len(config["lrs"]) > 1 else []),
             Table(f"{NAME}_runs", "BN vs no BN: one row per run", runs.drop(columns="point_id"), inline=False),
             Table(f"{NAME}_curves", "BN vs no BN: every logged step", results.drop(columns="point_id"),
                   inline=False),

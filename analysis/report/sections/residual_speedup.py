@@ -160,8 +160,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                   [f"{INTERVAL_METHOD} on the per-seed differences; MDE: the smallest effect detected with 80% "
                    "power at this number of seeds; against CPU seconds: up to the CPU time in which the costlier "
                    "arm of the seed does the whole budget; pp: percentage points"], columns=COMPARISON_COLUMNS),
-            Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)", _tuning_table(runs),
-                  columns=TUNING_COLUMNS),
+            *([Table(f"{NAME}_tuning", "Learning-rate tuning (one run per rate, held-out split)",
+                     _tuning_table(runs), columns=TUNING_COLUMNS)] if len(config["lrs"]) > 1 else []),
             Table(f"{NAME}_runs", "Residual vs non-residual: one row per run", runs.drop(columns="point_id"),
                   inline=False),
             Table(f"{NAME}_curves", "Residual vs non-residual: every logged step", results.drop(columns="point_id"),
