@@ -38,11 +38,11 @@ def test_tiers_pairs_and_arms():
     assert set(rs.CONFIGS) == {"quick", "standard", "full"}
     standard = rs.CONFIGS["standard"]
     assert standard["seeds"] >= 5 and len(standard["lrs"]) >= 3 and standard["tune_metric"] == "curve_area"
-    # The pair of matched cost only (the budget; v2 vs v4 is not matched at width 1/8: 4.7 vs 7.0 MMACs).
-    assert tuple(standard["pairs"]) == ("v1",) and "inception" in standard["kinds"]
+    # The same-cost control only (the budget); the paper's pairs in the full tier.
+    assert tuple(standard["kinds"]) == ("residual", "no_shortcut") and min(standard["block_counts"]) >= 2
     assert tuple(rs.CONFIGS["full"]["pairs"]) == ("v1", "v2") and tuple(rs.CONFIGS["full"]["kinds"]) == rs.ARM_KINDS
-    # The paper's depth (None: the builders' default), more than one block per stage.
-    assert standard["block_counts"] is None
+    # The full tier: the paper's depth (None: the builders' default).
+    assert rs.CONFIGS["full"]["block_counts"] is None
     assert create_model_for_counting("inception_resnet_v1_paper", num_classes=10).block_counts == (5, 10, 5)
     arms = {arm.name: arm for arm in rs.make_arms(rs.CONFIGS["full"])}
     assert list(arms) == ["v1_residual", "v1_inception", "v1_no_shortcut", "v2_residual", "v2_inception",
@@ -54,14 +54,16 @@ def test_tiers_pairs_and_arms():
         "Inception-ResNet-v1", "Inception-v4", "Inception-ResNet-v2, no shortcut"]
 
 
-def test_the_standard_pair_is_matched_in_cost():
-    """Inception-ResNet-v1 and Inception-v3 at the standard tier's width and input: within 10% in MACs and 5% in
-    parameters (fvcore counts: 3.7 vs 3.4 MMACs, 335k vs 347k)."""
-    standard = rs.CONFIGS["standard"]
+@pytest.mark.parametrize("config", [rs.CONFIGS["standard"], {**rs.CONFIGS["standard"], "pairs": ("v1",),
+                                                                "kinds": ("residual", "inception"), "block_counts": None}])
+def test_the_compared_nets_are_matched_in_cost(config):
+    """The standard tier's residual net and its no-shortcut twin: the same MACs and parameters; Inception-ResNet-v1
+    at the paper's depth and Inception-v3 at the same width and input: within 10% in MACs and 5% in parameters
+    (fvcore counts: 3.7 vs 3.4 MMACs, 335k vs 347k)."""
     costs = []
-    for arm in rs.make_arms(standard):
+    for arm in rs.make_arms(config):
         model = create_model_for_counting(arm.model, num_classes=10, **arm.knobs)
-        macs = totals(count_model(model, input_size=standard["image_size"]))["macs"]
+        macs = totals(count_model(model, input_size=config["image_size"]))["macs"]
         costs.append((macs, sum(p.numel() for p in model.parameters())))
     (res_macs, res_params), (inc_macs, inc_params) = costs
     assert res_macs == pytest.approx(inc_macs, rel=0.1) and res_params == pytest.approx(inc_params, rel=0.05)
