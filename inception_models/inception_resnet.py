@@ -39,7 +39,7 @@ from torch import nn
 
 from inception_models.base import InceptionNet, make_head
 from inception_models.blocks import avg_pool_3x3, max_pool_3x3_valid
-from inception_models.layers import ConvNormAct, NormKind, check_norm, residual_scales, scale_widths
+from inception_models.layers import TF_BN_EPS, ConvNormAct, NormKind, check_norm, residual_scales, scale_widths
 from inception_models.registry import register_variant
 
 __all__ = [
@@ -120,7 +120,9 @@ class InceptionResNetBlock(nn.Module):
       branches are merged by a linear 1x1 convolution followed by a ReLU.
 
     ``act`` is an ``nn.ReLU`` module (so forward hooks see the block's output activation) or, for the
-    final block of the released networks (``activate=False``), an identity.
+    final block of the released networks (``activate=False``), an identity. ``out_norm=True`` adds a batch norm
+    (``out_norm``) on the sum just before ``act``: the "extra batch-normalization" of section 3.3, one of the two
+    remedies for dying wide layers that the paper says did not help; off by default (no module, no parameter).
     """
 
     kernels: tuple[tuple[Kernel, ...], ...] = ()
@@ -135,6 +137,7 @@ class InceptionResNetBlock(nn.Module):
         activate: bool = True,
         residual: bool = True,
         norm: NormKind = "bn",
+        out_norm: bool = False,
     ) -> None:
         super().__init__()
         _check_widths(self.paper_name, widths, self.kernels)
@@ -144,6 +147,7 @@ class InceptionResNetBlock(nn.Module):
             _conv_branch(in_channels, w, k, norm=norm) for w, k in zip(widths, self.kernels)
         )
         self.project = nn.Conv2d(sum(w[-1] for w in widths), in_channels, kernel_size=1, bias=True)
+        self.out_norm = nn.BatchNorm2d(in_channels, eps=TF_BN_EPS) if out_norm else None
         self.act = nn.ReLU() if activate else nn.Identity()
         self.out_channels = in_channels
 
@@ -151,6 +155,8 @@ class InceptionResNetBlock(nn.Module):
         out = self.project(torch.cat([branch(x) for branch in self.branches], 1))
         if self.residual:
             out = x + self.scale * out
+        if self.out_norm is not None:
+            out = self.out_norm(out)
         return self.act(out)
 
     def extra_repr(self) -> str:
@@ -401,6 +407,11 @@ class InceptionResNet(InceptionNet):
     v2) it is that conv's width; otherwise the whole 8x8 stage carries ``final_width`` channels (its
     residual stream, each Inception-ResNet-C's 1x1 projection included), reached from Reduction-B's
     output by ``widen``, a 1x1 conv-BN-ReLU that exists only when ``final_width`` differs from that output.
+
+    ``prepool_bn=True`` gives the last Inception-ResNet-C, whose ReLU is the layer before the pool in the
+    ``*_paper`` variants, an extra batch norm before that ReLU (section 3.3's "extra batch-normalization",
+    ``2 * num_features`` parameters more); only those variants take it, since the released ones end in a
+    block without ReLU (v1) or a conv-BN-ReLU (v2).
     """
 
     feature_stages = (
@@ -420,6 +431,7 @@ class InceptionResNet(InceptionNet):
         block_counts: Sequence[int] | None = None,
         residual: bool = True,
         final_width: int | None = None,
+        prepool_bn: bool = False,
     ) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
         check_norm(norm)
@@ -433,6 +445,12 @@ class InceptionResNet(InceptionNet):
         if final_width is not None and not valid_width:
             raise ValueError(f"final_width is a positive number of channels or None, got {final_width!r}")
         counts = _check_block_counts(spec.block_counts if block_counts is None else block_counts)
+        if not isinstance(prepool_bn, bool):
+            raise TypeError(f"prepool_bn takes True (an extra BN before the last ReLU) or False, got {prepool_bn!r}")
+        if prepool_bn and (spec.final_block or spec.final_conv is not None or counts[2] < 1):
+            raise ValueError(f"prepool_bn needs a last Inception-ResNet-C whose ReLU feeds the pool, which {spec.name} "
+                             f"with block_counts {counts} lacks; use inception_resnet_v1_paper or "
+                             "inception_resnet_v2_paper with at least one C block")
         scales = residual_scales(residual_scale, 3)
         self.residual_scales = scales
         self.block_counts = counts
@@ -447,10 +465,12 @@ class InceptionResNet(InceptionNet):
             self.stem = StemV2(in_chans, w(spec.stem_widths), w(spec.mixed_5b), norm=norm)
         channels = self.stem.out_channels
 
-        def stage(block: type[InceptionResNetBlock], widths: Widths, count: int, scale: float) -> nn.Sequential:
-            return nn.Sequential(
-                *(block(channels, w(widths), scale=scale, residual=residual, norm=norm) for _ in range(count))
-            )
+        def stage(block: type[InceptionResNetBlock], widths: Widths, count: int, scale: float,
+                  last_norm: bool = False) -> nn.Sequential:
+            return nn.Sequential(*(
+                block(channels, w(widths), scale=scale, residual=residual, norm=norm,
+                      out_norm=last_norm and i == count - 1) for i in range(count)
+            ))
 
         self.stage_a = stage(InceptionResNetA, spec.block_a, counts[0], scales[0])
         self.reduction_a = InceptionResNetReductionA(channels, *w(spec.reduction_a), norm=norm)
@@ -467,7 +487,7 @@ class InceptionResNet(InceptionNet):
             self.widen = ConvNormAct(channels, final_width, 1, norm=norm)
             channels = final_width
 
-        self.stage_c = stage(InceptionResNetC, spec.block_c, counts[2], scales[2])
+        self.stage_c = stage(InceptionResNetC, spec.block_c, counts[2], scales[2], last_norm=prepool_bn)
         self.final_block: nn.Module = nn.Identity()
         if spec.final_block:
             self.final_block = InceptionResNetC(
@@ -499,7 +519,8 @@ _KNOBS_DOC = """
     the final no-ReLU block keeps scale 1.0); ``block_counts`` (the A, B, C block counts, excluding the
     final block); ``residual`` (False: blocks compute ``relu(project(concat(branches)))``, no shortcut, no
     scale, same parameters, see :class:`InceptionResNetBlock`); ``final_width`` (channels of the layer
-    before average pooling, see :class:`InceptionResNet`). Inputs must be at least 75x75.
+    before average pooling, see :class:`InceptionResNet`); ``prepool_bn`` (an extra BN before the last ReLU of the
+    ``*_paper`` variants, section 3.3; default off). Inputs must be at least 75x75.
 """
 
 

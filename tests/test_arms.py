@@ -54,6 +54,16 @@ def test_tuning_then_paired_seeds(tmp_path):
     assert CALLS == [] and len(again) == len(results)
 
 
+def test_seeded_limits_the_seeds_to_the_named_arms(tmp_path):
+    CALLS.clear()
+    _, runs = run_arms(ARMS, CONFIG, COMMON, fake_run_point, tmp_path, progress=False, seeded=["b"])
+    assert sorted(zip(runs[runs["stage"] == "tune"]["arm"], runs[runs["stage"] == "tune"]["lr"])) == sorted(CEILING)
+    seeds = runs[runs["stage"] == "seed"]
+    assert set(seeds["arm"]) == {"b"} and sorted(seeds["seed"]) == [0, 1, 2] and set(seeds["lr"]) == {0.01}
+    with pytest.raises(ValueError, match="unknown arm"):
+        run_arms(ARMS, CONFIG, COMMON, fake_run_point, tmp_path, progress=False, seeded=["c"])
+
+
 def test_one_rate_means_no_tuning(tmp_path):
     CALLS.clear()
     _, runs = run_arms(ARMS, {**CONFIG, "lrs": [0.1]}, COMMON, fake_run_point, tmp_path, progress=False)

@@ -90,7 +90,7 @@ def test_the_installed_script_trains_resumes_and_refuses_bad_input(tmp_path):
 
     bad = run("experiment", "dead_units", "--config", "nope")
     assert "Traceback" not in bad.stderr
-    assert_one_line_error(bad.returncode, bad.stderr, "unknown config 'nope'; known configs: quick, full")
+    assert_one_line_error(bad.returncode, bad.stderr, "unknown config 'nope'; known configs: quick, standard, full")
 
 
 def test_a_diverging_run_exits_2_and_keeps_the_last_good_checkpoint(monkeypatch, capsys, tmp_path):
@@ -115,7 +115,7 @@ def test_report_writes_only_the_requested_section(monkeypatch, capsys, tmp_path)
     index = (tmp_path / "rep" / "index.md").read_text()
     assert [line for line in index.splitlines() if line.startswith("## ")] == ["## Factorization: what each form costs"]
     names = {p.name for p in (tmp_path / "rep").iterdir()}
-    assert {"undo_factorization.csv", "factorization_all.csv", "factorization_saving_by_grid.png"} <= names
+    assert {"undo_factorization.csv", "factorization_all.csv", "factorization_ratio_by_grid.png"} <= names
     assert {p.name for p in tmp_path.iterdir()} == {"rep"}  # no staging folder left
     study = pd.read_csv(tmp_path / "rep" / "factorization_all.csv")
     factorized = study[study["form"] == "factorized"]
@@ -203,7 +203,7 @@ DEAD_UNITS_SMALL = ["dead-units", "small_inception", "--batches", "1", "--batch-
 
 
 @pytest.mark.parametrize("args, message", [
-    (["experiment", "dead_units", "--config", "nope"], "unknown config 'nope'; known configs: quick, full"),
+    (["experiment", "dead_units", "--config", "nope"], "unknown config 'nope'; known configs: quick, standard, full"),
     (["report", "--all", "--section", "zoo", "--out", "reports"], "give --all or --section, not both"),
     ([*DEAD_UNITS_SMALL, "--weights", "garbage.pth"], "garbage.pth is neither a torch.save file nor a safetensors"),
     ([*DEAD_UNITS_SMALL, "--weights", "truncated.pth"], "cannot read truncated.pth as a torch.save file"),

@@ -1,5 +1,6 @@
-"""The dead-units experiment (Inception-v4 paper, sec. 3.3): config plumbing, result schema, resumability,
-divergence as a result, the verdict on hand-made tables, and the report section on a tiny config."""
+"""The dead-units experiment (Inception-v4 paper, sec. 3.3) under the verdict protocol: its arms and configs, the
+result schema and resumability on a tiny config, the per-run outcomes and the "died" threshold on hand-made logs,
+the exact verdict words of each branch on fixed frames, and the report section with its claims."""
 
 from __future__ import annotations
 
@@ -9,208 +10,204 @@ import pandas as pd
 import pytest
 
 from analysis.experiments import dead_units as du
+from analysis.experiments.verdict import CONTRADICTS, NO_EFFECT, NOT_TESTED, SUPPORTS
 from analysis.report.build import render_section
-from analysis.report.document import Section
 from analysis.report.sections import dead_units as du_section
-from analysis.training.sweep import point_id
 
-# Two points' worth of a model that still has the wide 1x1 last stage: one A/B/C block each, 1/16 width.
+# Seconds on one thread: a thin net with one C block, two widths, two scales, two rates, one seed, 4 steps.
 TINY = {
     **du.CONFIGS["quick"],
-    "variants": ("v2",),
-    "lrs": (0.1,),
-    "widths": (24,),
-    "scales": (1.0,),
-    "seeds": 1,
-    "block_counts": (0, 0, 1),
-    "width_mult": 0.0625,
-    "steps": 4,
-    "batch_size": 8,
-    "n_train": 16,
-    "n_val": 8,
-    "monitor_every": 2,
-    "workers": 1,
+    "widths": (16, 32), "wide": 32, "scales": (1.0, 0.1), "scaled": 0.1, "lrs": (0.01, 0.05), "seeds": 1,
+    "block_counts": (0, 0, 1), "width_mult": 0.0625, "steps": 4, "batch_size": 8, "n_train": 16, "n_val": 8,
+    "monitor_every": 2, "eval_every": 2, "workers": 1,
 }
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_quick_points_cover_widths_scales_control_and_seeds():
-    points = du.make_points(du.CONFIGS["quick"])
-    assert len(points) == 2 * 2 * (3 + 1) * 2 * 2  # variants x widths x (scales + control) x lrs x seeds
-    control = [p for p in points if not p["residual"]]
-    assert len(control) == 16 and all(p["scale"] is None for p in control)
-    assert {p["width"] for p in points} == {256, 1536}
-    assert {p["lr"] for p in points} == {0.045, 0.1}
-    assert {p["model"] for p in points} == {"inception_resnet_v1_paper", "inception_resnet_v2_paper"}
-    assert len({point_id(p) for p in points}) == len(points)
-
-
-def test_full_config_covers_the_issue_grid():
-    full = du.CONFIGS["full"]
-    assert set(du.CONFIGS) >= {"quick", "full"}
-    assert set(full["scales"]) == {1.0, 0.3, 0.2, 0.1} and max(full["widths"]) > 1000 > min(full["widths"])
-    assert len(du.make_points(full)) == 2 * 3 * 5 * (4 + 1)
+def test_arms_cover_widths_scales_and_the_extra_bn_remedy():
+    arms = du.make_arms(du.CONFIGS["standard"])
+    config = du.CONFIGS["standard"]
+    assert len(arms) == len(config["widths"]) * len(config["scales"]) + 1
+    bn = arms[-1]
+    assert bn.name == "W1024 x1 +BN" and bn.knobs["prepool_bn"] and bn.share_with == "W1024 x1"
+    assert {a.knobs["final_width"] for a in arms} == set(config["widths"])
+    assert min(config["widths"]) < du.PAPER_WIDTH_LIMIT < config["wide"]
+    assert set(du.CONFIGS) == {"quick", "standard", "full"} and du.CONFIGS["standard"]["seeds"] >= 5
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"variants": ("v3",)}, "unknown variant"),
+    ({"variant": "v3"}, "unknown variant"),
     ({"image_size": 64}, "below 75 px"),
     ({"monitor_every": 100}, "monitor_every"),
-    ({"widths": ()}, "at least one width"),
+    ({"wide": 256}, "narrow width below wide"),
+    ({"scales": (0.1, 0.3)}, "need 1.0"),
+    ({"spike_factor": 1.0}, "spike_factor"),
 ])
 def test_bad_configs_are_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):
-        du.make_points({**du.CONFIGS["quick"], **change})
-
-
-def test_a_config_missing_keys_is_a_clear_error():
-    with pytest.raises(ValueError, match="lacks"):
-        du.make_points({"widths": (256,)})
+        du.make_arms({**du.CONFIGS["quick"], **change})
 
 
 # ------------------------------------------------------------------------------------------------ running
-def test_run_schema_and_resume(tmp_path, monkeypatch):
-    frame = du.run(TINY, results_dir=tmp_path, progress=False)
-    assert list(frame.columns) == ["point_id"] + du.CURVE_COLUMNS + du.POINT_COLUMNS
-    assert len(frame) == 2 * (4 // 2)  # (scale 1.0, control) x monitored steps
-    assert frame["step"].tolist() == [2, 4, 2, 4]
-    assert frame["scale_label"].tolist() == ["1", "1", "no residual", "no residual"]
-    assert (frame["channels"] == 24).all() and (frame["window_samples"] == 2 * 8).all()
-    assert frame["dead_fraction"].between(0, 1).all() and frame["train_loss"].notna().all()
-    assert not frame["diverged"].any() and (frame["final_step"] == 4).all()
-    assert (frame["eval_samples"] == 8).all()
+def test_run_schema_outcomes_and_resume(tmp_path, monkeypatch):
+    results = du.run(dict(TINY), results_dir=tmp_path, progress=False)
+    runs = du.summarise(results, TINY)
+    assert set(runs["stage"]) >= {"tune", "seed"}
+    assert len(runs[runs["stage"] == "tune"]) == (2 * 2 + 1) * 2  # (widths x scales + extra BN) x rates
+    assert list(runs.columns)[-len(du.RUN_EXTRA_COLUMNS):] == du.RUN_EXTRA_COLUMNS
+    assert set(runs["outcome"]) <= set(du.OUTCOMES) and runs["final_dead_fraction"].between(0, 1).all()
+    assert set(runs["width"]) == {16, 32} and runs[runs["stage"] == "tune"]["prepool_bn"].sum() == 2
+    assert runs.attrs["death_threshold"] >= TINY["dead_floor"]
+    assert len(du.claims(runs, TINY)) == 4
 
     def must_not_run(point):
-        raise AssertionError(f"point {point} ran again")
+        raise AssertionError(f"point {point['arm']} ran again")
 
     monkeypatch.setattr(du, "run_point", must_not_run)
-    again = du.run(TINY, results_dir=tmp_path, progress=False)
-    pd.testing.assert_frame_equal(again, frame)
+    again = du.run(dict(TINY), results_dir=tmp_path, progress=False)
+    assert len(again) == len(results)
 
 
-def test_divergence_is_recorded_not_raised(tmp_path):
-    config = {**TINY, "control": False, "optimizer": "sgd", "lrs": (1e12,)}
-    frame = du.run(config, results_dir=tmp_path, progress=False)
-    summary = du.summarise(frame)
-    assert len(summary) == 1
-    row = summary.iloc[0]
-    assert bool(row["diverged"]) and 1 <= int(row["diverged_step"]) <= 4
-    assert math.isnan(row["val_accuracy"]) and math.isnan(row["eval_dead_fraction"])
-
-
-# ------------------------------------------------------------------------------------------------ summary
-def _curves(points: list[tuple[int, str, list[float]]], *, diverged=False, seed=0) -> pd.DataFrame:
+# ------------------------------------------------------------------------------- per-run outcomes (fixed logs)
+def _log(pid: str, width: int, *, dead: list[float], acc: list[float], loss: float = 1.5, scale: float = 1.0,
+         diverged: bool = False, stage: str = "tune", lr: float = 0.01, seed: int = 0) -> pd.DataFrame:
+    """A hand-made training log: one train row (dead fraction) and one val row (accuracy) every 10 steps."""
+    point = dict(point_id=pid, stage=stage, arm=du.arm_name(width, scale), seed=seed, lr=lr, steps=10 * len(dead),
+                 difficulty="default", diverged=diverged, diverged_step=None, eval_dead_fraction=dead[-1],
+                 knobs={"final_width": width, "residual_scale": scale})
     rows = []
-    for width, label, deads in points:
-        for i, dead in enumerate(deads):
-            rows.append({"variant": "v2", "width": width, "residual": label != du.NO_RESIDUAL,
-                         "scale": None if label == du.NO_RESIDUAL else float(label), "scale_label": label,
-                         "lr": 0.1, "seed": seed, "step": 5 * (i + 1), "dead_fraction": dead, "train_loss": 2.3,
-                         "final_step": 5 * len(deads), "diverged": diverged, "diverged_step": None,
-                         "val_loss": 2.3, "val_accuracy": 0.1, "eval_dead_fraction": dead})
+    for i, (d, a) in enumerate(zip(dead, acc)):
+        rows.append({**point, "split": "train", "step": 10 * (i + 1), "loss": loss, "accuracy": math.nan,
+                     "cpu_s": float(i), "dead_fraction": d})
+        rows.append({**point, "split": "val", "step": 10 * (i + 1), "loss": loss, "accuracy": a, "cpu_s": math.nan,
+                     "dead_fraction": math.nan})
     return pd.DataFrame(rows)
 
 
-def test_summarise_final_max_first_dead_step_and_died():
-    curves = _curves([(1536, "1", [0.1, 0.6, 1.0]), (1536, "0.1", [0.0, 0.7, 0.2])])
-    summary = du.summarise(curves, dead_level=0.5)
-    assert list(summary.columns) == du.SUMMARY_COLUMNS
-    first, second = summary.iloc[0], summary.iloc[1]
-    assert (first["final_dead_fraction"], first["max_dead_fraction"], first["first_dead_step"]) == (1.0, 1.0, 10)
-    assert bool(first["died"]) and not bool(second["died"])  # died is about the end, not the peak
-    assert second["max_dead_fraction"] == 0.7 and second["steps_run"] == 15
+CONFIG = {**du.CONFIGS["quick"], "widths": (256, 1024), "wide": 1024, "dead_floor": 0.05, "spike_factor": 3.0}
 
 
-def _summary(cells: dict[tuple[int, str], list[float]], diverged: tuple[tuple[int, str], ...] = (),
-             lr: float = 0.1) -> pd.DataFrame:
-    """A hand-made summary: for each (width, scale label) the final dead fraction of each seed."""
+def test_threshold_comes_from_the_narrow_nets_that_learned():
+    logs = pd.concat([
+        _log("a", 256, dead=[0.02, 0.12, 0.08], acc=[0.2, 0.5, 0.6]),   # narrow, learned: its peak 0.12 sets it
+        _log("b", 256, dead=[0.5, 0.9, 0.9], acc=[0.1, 0.1, 0.1]),      # narrow, did not learn: ignored
+        _log("c", 1024, dead=[0.3, 0.95, 0.97], acc=[0.4, 0.5, 0.1]),   # wide: ignored
+        _log("d", 256, dead=[0.0, 0.1, 0.1], acc=[0.4, 0.4, 0.4], stage="seed"),  # not a tuning run
+    ], ignore_index=True)
+    runs = du.summarise(logs, CONFIG)
+    assert runs.attrs["death_threshold"] == pytest.approx(0.12)
+    quiet = du.summarise(logs[logs["point_id"] != "a"], CONFIG)
+    assert quiet.attrs["death_threshold"] == pytest.approx(0.05)  # no narrow net learned: the floor
+    assert du.summarise(logs, CONFIG, threshold=0.5).attrs["death_threshold"] == 0.5
+
+
+def test_outcomes_died_unstable_not_learned_trained_and_accuracy_at_death():
+    spike = 3.0 * math.log(10)
+    logs = pd.concat([
+        _log("narrow", 256, dead=[0.0, 0.1, 0.05], acc=[0.3, 0.5, 0.6]),
+        _log("died", 1024, dead=[0.05, 0.4, 0.98], acc=[0.45, 0.5, 0.1]),
+        _log("blip", 1024, dead=[0.05, 0.6, 0.0], acc=[0.3, 0.5, 0.6]),      # revived: died is about the end
+        _log("spiky", 1024, dead=[0.0, 0.0, 0.0], acc=[0.3, 0.5, 0.6], loss=spike + 1),
+        _log("slow", 1024, dead=[0.0, 0.0, 0.0], acc=[0.1, 0.12, 0.15]),
+    ], ignore_index=True)
+    runs = du.summarise(logs, CONFIG).set_index("point_id")
+    assert runs.attrs["death_threshold"] == pytest.approx(0.1)
+    assert runs["outcome"].to_dict() == {"narrow": du.TRAINED, "died": du.DIED, "blip": du.TRAINED,
+                                         "spiky": du.UNSTABLE, "slow": du.NOT_LEARNED}
+    assert runs.loc["died", "first_dead_step"] == 20 and runs.loc["died", "accuracy_at_death"] == 0.5
+    assert runs.loc["blip", "max_dead_fraction"] == 0.6 and math.isnan(runs.loc["slow", "accuracy_at_death"])
+    assert bool(runs.loc["spiky", "unstable"]) and not bool(runs.loc["died", "unstable"])
+
+
+# ------------------------------------------------------------------------------------- verdicts (fixed frames)
+WIDE, SCALED, BN = du.arm_name(1024, 1.0), du.arm_name(1024, 0.1), du.arm_name(1024, 1.0, True)
+PLAN = du.Plan(rates={WIDE: 0.01, SCALED: 0.02}, strained_rate=0.02, lower_rate=0.005, threshold=0.1)
+
+
+def _runs(stable: dict[tuple[str, float], list[int]], dead: dict[str, list[float]] | None = None,
+          learned_at_tuned: dict[str, list[bool]] | None = None) -> pd.DataFrame:
+    """Seeded runs: per (arm, rate), 1/0 "trained stably" per seed; the tuned-rate runs' dead fractions."""
     rows = []
-    for (width, label), finals in cells.items():
-        for seed, final in enumerate(finals):
-            rows.append({"variant": "v2", "width": width, "scale_label": label, "lr": lr, "seed": seed,
-                         "steps_run": 60, "final_dead_fraction": final, "diverged": (width, label) in diverged,
-                         "died": final >= 0.5})
+    for (arm, lr), flags in stable.items():
+        for seed, ok in enumerate(flags):
+            tuned = PLAN.rates.get(arm) == lr
+            learned = (learned_at_tuned or {}).get(arm, [True] * len(flags))[seed] if tuned else bool(ok)
+            final = (dead or {}).get(arm, [0.0] * len(flags))[seed] if tuned else 0.0
+            rows.append({"stage": "seed", "arm": arm, "lr": lr, "seed": seed, "trained": bool(ok),
+                         "learned": learned, "final_dead_fraction": final})
     return pd.DataFrame(rows)
 
 
-def test_verdict_shows_when_only_wide_unscaled_die():
-    summary = _summary({(256, "1"): [0.4], (256, "0.1"): [0.0], (256, du.NO_RESIDUAL): [0.3],
-                        (1536, "1"): [0.98], (1536, "0.1"): [0.05], (1536, du.NO_RESIDUAL): [0.3]})
-    assert du.verdict(summary) == (
-        "shows: death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00, wide no-residual 0.00, narrow unscaled "
-        "0.00; mean final dead fraction 0.98, 0.05, 0.30, 0.40; 1 of 6 points died, 0 diverged, within 60 steps")
+def _verdicts(runs: pd.DataFrame, the_plan: du.Plan = PLAN) -> list[str]:
+    return [c.verdict.word for c in du.claims(runs, CONFIG, the_plan)]
 
 
-def test_verdict_does_not_show_when_nothing_dies():
-    summary = _summary({(1536, "1"): [0.2], (1536, "0.1"): [0.0], (1536, du.NO_RESIDUAL): [0.1]})
-    assert du.verdict(summary) == (
-        "does not show at this scale: no pre-pool layer died (largest final dead fraction 0.20; 0 of 3 points died, 0 "
-        "diverged, within 60 steps); the run is too short or too small for the paper's symptom to appear")
+TUNED = {(WIDE, 0.01): [1] * 5, (SCALED, 0.02): [1] * 5}
 
 
-def test_verdict_does_not_show_when_scaling_does_not_help_or_control_dies_too():
-    scaled_die = _summary({(1536, "1"): [1.0], (1536, "0.1"): [0.9]})
-    assert du.verdict(scaled_die) == (
-        "does not show: deaths do not follow the claimed pattern: death rate of wide unscaled 1.00, wide scaled (<= "
-        "0.3) 1.00, wide no-residual nan, narrow unscaled nan; mean final dead fraction 1.00, 0.90, nan, nan; 2 of 2 "
-        "points died, 0 diverged, within 60 steps")
-    control_dies = _summary({(1536, "1"): [1.0], (1536, "0.1"): [0.0], (1536, du.NO_RESIDUAL): [0.9]})
-    assert du.verdict(control_dies) == (
-        "does not show: deaths do not follow the claimed pattern: death rate of wide unscaled 1.00, wide scaled (<= "
-        "0.3) 0.00, wide no-residual 1.00, narrow unscaled nan; mean final dead fraction 1.00, 0.00, 0.90, nan; 2 of 3 "
-        "points died, 0 diverged, within 60 steps")
+def test_verdicts_support_the_paper_when_only_scaling_trains_stably():
+    runs = _runs({**TUNED, (WIDE, 0.02): [0, 0, 0, 1, 0], (BN, 0.02): [0] * 5, (WIDE, 0.005): [0, 0, 1, 0, 0]},
+                 dead={WIDE: [0.6, 0.7, 0.5, 0.8, 0.9], SCALED: [0.0, 0.1, 0.0, 0.05, 0.0]})
+    assert _verdicts(runs) == [SUPPORTS] * 4
+    claims = du.claims(runs, CONFIG, PLAN)
+    assert claims[1].verdict.effect.effect == pytest.approx(0.8)  # x0.1 minus unscaled, paper's direction
+    assert claims[0].verdict.effect.effect > 0  # unscaled deader than scaled: the paper's side
 
 
-def test_verdict_inconclusive_when_seeds_spread_more_than_the_effect():
-    summary = _summary({(1536, "1"): [0.9, 0.1, 0.2], (1536, "0.1"): [0.8, 0.0, 0.1]})
-    assert du.verdict(summary) == (
-        "inconclusive: spread over seeds larger than the effect: death rate of wide unscaled 0.33, wide scaled (<= "
-        "0.3) 0.33, wide no-residual nan, narrow unscaled nan; mean final dead fraction 0.40, 0.30, nan, nan; 2 of 6 "
-        "points died, 0 diverged, within 60 steps")
+def test_verdicts_contradict_when_the_remedies_work_and_scaling_does_not():
+    plan = du.Plan(rates={WIDE: 0.01, SCALED: 0.01}, strained_rate=0.02, lower_rate=0.005, threshold=0.1)
+    runs = _runs({(WIDE, 0.01): [1] * 5, (WIDE, 0.02): [1] * 5, (BN, 0.02): [1] * 5, (WIDE, 0.005): [1] * 5,
+                  (SCALED, 0.02): [0] * 5})
+    scaled = _runs({(SCALED, 0.01): [1] * 5}).assign(final_dead_fraction=[0.5, 0.6, 0.7, 0.6, 0.8])
+    assert _verdicts(pd.concat([runs, scaled], ignore_index=True), plan) == [CONTRADICTS] * 4
 
 
-def test_verdict_judges_each_learning_rate_apart():
-    # Pooled, 2 of 4 unscaled and 1 of 4 scaled runs died: "inconclusive". Per rate, lr 0.1 shows cleanly and
-    # at lr 0.045 nothing died, which the verdict names as the rate preventing death.
-    high = _summary({(1536, "1"): [0.95, 0.9], (1536, "0.1"): [0.0, 0.05], (1536, du.NO_RESIDUAL): [0.2, 0.3]})
-    low = _summary({(1536, "1"): [0.1, 0.0], (1536, "0.1"): [0.0, 0.0], (1536, du.NO_RESIDUAL): [0.1, 0.0]},
-                   lr=0.045)
-    at_high = ("lr 0.1: shows (death rate of wide unscaled 1.00, wide scaled (<= 0.3) 0.00, wide no-residual 0.00, "
-               "narrow unscaled nan; mean final dead fraction 0.93, 0.03, 0.25, nan)")
-    assert du.verdict(pd.concat([low, high], ignore_index=True)) == (
-        "shows: lr 0.045: no wide residual point died (death rate of wide unscaled 0.00, wide scaled (<= 0.3) 0.00, "
-        "wide no-residual 0.00, narrow unscaled nan; mean final dead fraction 0.05, 0.00, 0.05, nan); "
-        f"{at_high}; at lr 0.045 nothing wide died, so lowering the rate prevented death here (the paper: it did "
-        "not); 2 of 12 points died, 0 diverged, within 60 steps")
-    scaled_die = _summary({(1536, "1"): [1.0, 1.0], (1536, "0.1"): [0.9, 1.0]}, lr=0.045)
-    assert du.verdict(pd.concat([scaled_die, high], ignore_index=True)) == (
-        "does not show: deaths do not follow the claimed pattern: lr 0.045: does not show (death rate of wide unscaled "
-        "1.00, wide scaled (<= 0.3) 1.00, wide no-residual nan, narrow unscaled nan; mean final dead fraction 1.00, "
-        f"0.95, nan, nan); {at_high}; 6 of 10 points died, 0 diverged, within 60 steps")
+def test_no_effect_when_both_arms_do_the_same():
+    runs = _runs({**TUNED, (WIDE, 0.02): [1, 1, 0, 1, 1], (BN, 0.02): [1, 1, 0, 1, 1], (WIDE, 0.005): [1] * 5,
+                  (SCALED, 0.02): [1, 1, 0, 1, 1]}, dead={WIDE: [0.1, 0.0, 0.2, 0.1, 0.0],
+                                                          SCALED: [0.0, 0.1, 0.2, 0.0, 0.1]})
+    assert _verdicts(runs) == [NO_EFFECT] * 4
 
 
-def test_verdict_inconclusive_without_the_needed_arms_and_rejects_empty():
-    narrow_only = _summary({(256, "1"): [1.0], (256, "0.1"): [0.0]})
-    assert du.verdict(narrow_only) == (
-        "inconclusive: the sweep lacks wide (> 1000 filters) points with scale 1.0 and with scale <= 0.3; 1 of 2 "
-        "points died, 0 diverged, within 60 steps")
-    with pytest.raises(ValueError, match="at least one"):
-        du.verdict(_summary({}))
+def test_not_tested_when_a_tuned_arm_failed_the_gate_or_nothing_strained_it():
+    runs = _runs({**TUNED, (WIDE, 0.02): [0] * 5, (BN, 0.02): [0] * 5, (WIDE, 0.005): [0] * 5},
+                 learned_at_tuned={WIDE: [True, True, False, True, True]})
+    claims = du.claims(runs, CONFIG, PLAN)
+    assert [c.verdict.word for c in claims] == [NOT_TESTED] * 4
+    assert "W1024 x1 in seed 2" in claims[0].verdict.reason and "W1024 x1 at lr 0.01" in claims[1].verdict.reason
+    calm = du.Plan(rates=PLAN.rates, strained_rate=None, lower_rate=None, threshold=0.1)
+    claims = du.claims(_runs(TUNED), CONFIG, calm)
+    assert [c.verdict.word for c in claims] == [NO_EFFECT] + [NOT_TESTED] * 3
+    assert "trained stably at every rate" in claims[1].verdict.reason
+
+
+def test_plan_finds_the_strained_and_the_lower_rate():
+    tune = pd.DataFrame([{"stage": "tune", "arm": arm, "lr": lr, "trained": ok, "final_val_accuracy": acc,
+                          "seed": 0}
+                         for arm, lr, ok, acc in [(WIDE, 0.005, True, 0.5), (WIDE, 0.01, True, 0.6),
+                                                  (WIDE, 0.02, False, 0.2), (WIDE, 0.05, False, 0.1),
+                                                  (SCALED, 0.005, True, 0.4), (SCALED, 0.01, True, 0.5),
+                                                  (SCALED, 0.02, True, 0.7), (SCALED, 0.05, False, 0.1)]])
+    tune.attrs["death_threshold"] = 0.2
+    the_plan = du.plan(tune, CONFIG)
+    assert the_plan == du.Plan({WIDE: 0.01, SCALED: 0.02}, 0.02, 0.01, 0.2)
 
 
 # ------------------------------------------------------------------------------------------------ section
-def test_section_renders_table_figures_and_verdict(tmp_path, monkeypatch):
+def test_section_renders_summary_phase_figure_and_claims(tmp_path, monkeypatch):
     monkeypatch.setitem(du.CONFIGS, "quick", TINY)
     section = du_section.section("quick", 0, results_root=tmp_path / "results")
-    assert isinstance(section, Section)
-    assert section.verdict.split(":")[0] in {"shows", "does not show", "does not show at this scale",
-                                             "inconclusive"}
-    assert len(section.tables[0].frame) == 2 and list(section.tables[0].frame.columns) == du.SUMMARY_COLUMNS
+    assert [c.claim for c in section.claims] == ["Residual scaling keeps wide layers alive",
+                                                 "Residual scaling stabilises wide nets",
+                                                 "An extra BN does not do what scaling does",
+                                                 "A lower rate does not do what scaling does"]
+    assert all(c.verdict.word in {SUPPORTS, CONTRADICTS, NO_EFFECT, NOT_TESTED} for c in section.claims)
+    runs_table = next(t for t in section.tables if t.stem == "dead_units_runs")
+    assert not runs_table.inline and section.tables[0].inline and section.tables[0].columns
     markdown = render_section(section, tmp_path / "report")
-    for stem in ("dead_units.md", "dead_units.csv", "dead_units_curves.csv", "dead_units_curves_v2.png",
-                 "dead_units_phase_v2.png"):
+    for stem in ("dead_units_summary.csv", "dead_units_runs.csv", "dead_units_phase.png",
+                 "dead_units_dead_fraction.png", "dead_units_accuracy.png"):
         assert (tmp_path / "report" / stem).exists(), stem
-    assert "Verdict at this scale" in markdown and "no residual" in markdown
+    assert "died" in markdown and "threshold" in markdown

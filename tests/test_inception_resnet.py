@@ -110,7 +110,7 @@ def test_registry_metadata():
         assert info.year == 2016 and info.input_size == 299 and info.min_input_size == 75
         assert "Impact of Residual Connections" in info.paper
         for knob in ("num_classes", "in_chans", "drop_rate", "norm", "width_mult", "residual_scale",
-                     "block_counts", "residual", "final_width"):
+                     "block_counts", "residual", "final_width", "prepool_bn"):
             assert knob in info.knobs
     assert model_info("inception_resnet_v2").reference_source.startswith("timm")
     assert "facenet" in model_info("inception_resnet_v1").reference_source
@@ -282,6 +282,26 @@ def test_final_width_sets_the_layer_before_pooling(width):
     assert isinstance(same.widen, nn.Identity)
     with pytest.raises(ValueError, match="final_width"):
         create_model("inception_resnet_v1", final_width=0)
+
+
+@pytest.mark.parametrize("name", ["inception_resnet_v2_paper", "inception_resnet_v1_paper"])
+def test_prepool_bn_adds_one_bn_before_the_last_relu(name):
+    # Section 3.3's "extra batch-normalization" of the layer before the pool: 2 x width parameters more, on the
+    # last C block only; off by default (no module).
+    plain = create_model(name, final_width=256, **SMALL)
+    extra = create_model(name, final_width=256, prepool_bn=True, **SMALL)
+    assert n_params(extra) - n_params(plain) == 2 * 256
+    assert [b.out_norm is not None for b in extra.stage_c] == [True] and plain.stage_c[-1].out_norm is None
+    block, x = extra.stage_c[-1].eval(), torch.randn(2, 256, 1, 1)
+    block.out_norm.running_mean.fill_(1.0)  # the BN sits between the residual sum and the ReLU
+    with torch.no_grad():
+        summed = x + block.scale * block.project(torch.cat([b(x) for b in block.branches], 1))
+        torch.testing.assert_close(block(x), torch.relu(block.out_norm(summed)))
+    assert extra(torch.randn(2, 3, 75, 75)).shape == (2, 10)
+    with pytest.raises(ValueError, match="prepool_bn"):
+        create_model("inception_resnet_v2", prepool_bn=True, **SMALL)
+    with pytest.raises(TypeError, match="prepool_bn"):
+        create_model(name, prepool_bn=1, **SMALL)
 
 
 def test_norm_none_and_in_chans():

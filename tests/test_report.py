@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -93,7 +94,7 @@ def test_the_real_sections_are_registered():
     from analysis.experiments import EXPERIMENTS
 
     keys = [key for key, _ in report_build.SECTIONS]
-    assert keys == ["zoo", "cost_by_grid", "factorization", *EXPERIMENTS, "blocks"]
+    assert keys == ["zoo", "cost_by_grid", "factorization", "design_principles", *EXPERIMENTS, "blocks"]
     assert set(report_build.QUICK_SECTIONS) < set(keys)
 
 
@@ -222,16 +223,21 @@ def test_cost_by_grid_section_on_two_small_models(monkeypatch):
     counts = {name: count_model(create_model_for_counting(name), input_size=size) for name, size in sizes.items()}
     monkeypatch.setattr(report_sections, "list_models", lambda: ["googlenet", "small_inception"])
     monkeypatch.setattr(report_sections, "_counts", counts.__getitem__)
+    monkeypatch.setattr(report_sections, "model_info", lambda name: SimpleNamespace(input_size=sizes[name]))
     section = report_sections.cost_by_grid_section("quick", 0)
     wide, long = (table.frame for table in section.tables)
     assert [table.stem for table in section.tables] == ["gmacs_by_grid", "cost_by_grid"]
     assert wide["model"].tolist() == ["googlenet", "small_inception"]
-    assert list(wide.columns) == ["model", "32x32", "16x16", "8x8", "4x4", "2x2", "1x1"]
+    # googlenet at 64 px: 32x32 is stride 1/2 ... 2x2 is 1/32; small_inception at 32 px starts at 1/1.
+    assert list(wide.columns) == ["model", "1/1", "1/2", "1/4", "1/8", "1/16", "1/32", "head (1x1)", "total"]
     for name in ("googlenet", "small_inception"):
         assert long.loc[long["model"] == name, "macs"].sum() == totals(counts[name])["macs"]
         spatial = long[(long["model"] == name) & long["grid"].str.contains("x")]
-        assert wide.set_index("model").loc[name].sum() == pytest.approx(spatial["gmacs"].sum(), abs=4e-3)
-    assert wide.set_index("model").loc["small_inception", "4x4"] == 0.0  # its last stage runs at 8x8
+        assert wide.set_index("model").loc[name, "total"] == pytest.approx(spatial["gmacs"].sum(), abs=1e-9)
+    by_model = wide.set_index("model")
+    assert by_model.loc["small_inception", "1/8"] == 0.0  # its last stage runs at 8x8 of 32: stride 1/4
+    assert by_model.loc["googlenet", "1/8"] == pytest.approx(
+        long.loc[(long["model"] == "googlenet") & (long["grid"] == "8x8"), "gmacs"].sum())
     assert section.tables[0].notes[0].startswith("MACs: fvcore counts one fused multiply-add")
     assert _drawn(section) == ["gmacs_by_grid"]
 
@@ -272,7 +278,7 @@ def test_factorization_section_on_one_small_study(monkeypatch):
     assert section.tables[2].notes[1:] == ["inception_v3 (defaults): as released",
                                            "inception_v3 factorize_a=False: 5x5 back"]
     assert at_17.set_index(["scheme", "n", "form"]).loc[("nxn->1xn+nx1", 7, "factorized"), "ratio"] == 2 / 7
-    assert _drawn(section) == ["factorization_saving_by_grid"]
+    assert _drawn(section) == ["factorization_ratio_by_grid"]
     broken = study.assign(exact=[True] * (len(study) - 1) + [False])
     monkeypatch.setattr(report_sections, "factorization_study", lambda grids, channels: broken)
     with pytest.raises(RuntimeError, match="differs from its closed form"):

@@ -159,12 +159,16 @@ def choose_rates(tuning: pd.DataFrame, metric: str = "final_val_accuracy") -> di
 
 def run_arms(arms: Sequence[Arm], config: Mapping[str, Any], common: Mapping[str, Any],
              run_point: Callable[[dict], pd.DataFrame], results_dir: str | Path | None, *, progress: bool = True,
-             desc: str = "runs") -> tuple[pd.DataFrame, pd.DataFrame]:
+             desc: str = "runs", seeded: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tune, then run the seeds (module docstring). ``common`` holds what every point of the experiment shares
     (data, recipe, device, threads); ``run_point(point)`` trains one point and returns its training-log rows
-    with the point's fields on them. Returns ``(results, runs)``: every logged row of both stages, and one row
-    per run (:func:`summarise_runs`) with the stage (``"tune"`` or ``"seed"``)."""
+    with the point's fields on them. ``seeded`` names the arms that go on to the seeds (default: every arm; the
+    others are only tuned, e.g. the cells of a phase diagram). Returns ``(results, runs)``: every logged row of
+    both stages, and one row per run (:func:`summarise_runs`) with the stage (``"tune"`` or ``"seed"``)."""
     by_name = _check(arms, config)
+    unknown = sorted(set(seeded or ()) - set(by_name))
+    if unknown:
+        raise ValueError(f"seeded names unknown arm(s) {unknown}; arms: {sorted(by_name)}")
     lrs = [float(lr) for lr in config["lrs"]]
     workers = dict(workers=int(config.get("workers", 1)), isolate=bool(config.get("isolate", False)))
     frames = []
@@ -177,8 +181,9 @@ def run_arms(arms: Sequence[Arm], config: Mapping[str, Any], common: Mapping[str
     else:
         rates = {arm.name: lrs[0] for arm in arms}
     first = int(config["seed"])
-    seeded = [{**common, **arm.fields(by_name), "stage": "seed", "eval_split": "val", "lr": rates[arm.name],
-               "seed": first + k} for k in range(int(config["seeds"])) for arm in arms]
-    frames.append(run_points(seeded, run_point, results_dir, progress=progress, desc=desc, **workers))
+    seed_points = [{**common, **arm.fields(by_name), "stage": "seed", "eval_split": "val", "lr": rates[arm.name],
+                    "seed": first + k} for k in range(int(config["seeds"])) for arm in arms
+                   if seeded is None or arm.name in seeded]
+    frames.append(run_points(seed_points, run_point, results_dir, progress=progress, desc=desc, **workers))
     results = pd.concat(frames, ignore_index=True)
     return results, summarise_runs(results)

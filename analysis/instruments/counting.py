@@ -63,6 +63,7 @@ __all__ = [
     "count_model",
     "totals",
     "summarize",
+    "module_blocks",
     "uncounted_ops",
     "uncounted_note",
     "table_notes",
@@ -277,7 +278,7 @@ def _own_counts(by_module: dict[str, Counter]) -> dict[str, Counter]:
 
 # -------------------------------------------------------------------------------------------------- the table
 
-def _blocks(model: nn.Module) -> dict[str, str]:
+def module_blocks(model: nn.Module) -> dict[str, str]:
     """Module name -> its block: the top-level child, or the child inside a plain container of blocks."""
     block_of: dict[str, str] = {"": ROOT}
 
@@ -307,7 +308,7 @@ def _frame(model: nn.Module, trace: _Trace) -> pd.DataFrame:
     own_params: Counter = Counter()
     for pname, p in model.named_parameters():
         own_params[pname.rpartition(".")[0]] += p.numel()
-    block_of = _blocks(model)
+    block_of = module_blocks(model)
 
     def block_stage(block: str) -> str:
         if block == ROOT:

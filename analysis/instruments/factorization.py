@@ -44,6 +44,7 @@ __all__ = [
     "build_scheme",
     "receptive_field",
     "factorization_study",
+    "unequal_widths_saving",
     "undo_factorization_table",
 ]
 
@@ -202,6 +203,18 @@ def factorization_study(
     for col in ("n", "grid", "channels", "params", "macs", "closed_form_params", "closed_form_macs", "macs_saved"):
         df[col] = df[col].astype("int64")
     return df
+
+
+def unequal_widths_saving(c_in: int = 64, c_mid: int = 96, c_out: int = 96, grid: int = 35) -> dict[str, float]:
+    """5x5 -> two 3x3 at unequal widths: a 5x5 ``c_in -> c_out`` against 3x3 ``c_in -> c_mid`` then 3x3
+    ``c_mid -> c_out``, counted with fvcore at ``grid`` (default: Inception-v3's Inception-A branch,
+    64 -> 96 -> 96 on the 35x35 grid, Fig. 5). The paper's 28% saving holds at equal widths only; widening the
+    middle of the stack spends part of it. Returns ``macs_5x5``, ``macs_two_3x3`` and ``saving`` (1 - ratio)."""
+    conv = dict(norm="none", bias=False)
+    shape = (c_in, grid, grid)
+    full = totals(count_model(nn.Sequential(ConvNormAct(c_in, c_out, 5, padding=2, **conv)), shape))["macs"]
+    stacked = totals(count_model(conv_stacked(c_in, [c_mid, c_out], 3, **conv), shape))["macs"]
+    return {"macs_5x5": full, "macs_two_3x3": stacked, "saving": 1 - stacked / full}
 
 
 # ------------------------------------------------------------------------------- whole models, factorisation undone

@@ -31,6 +31,7 @@ from analysis.report.sections import (
     aux_heads,
     bn_speedup,
     dead_units,
+    design_principles,
     factorization,
     factorization_grid,
     label_smoothing,
@@ -49,6 +50,7 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
     ("zoo", zoo.zoo_section),
     ("cost_by_grid", zoo.cost_by_grid_section),
     ("factorization", factorization.section),
+    ("design_principles", design_principles.section),
     ("dead_units", dead_units.section),
     ("smoothness", smoothness.section),
     ("factorization_grid", factorization_grid.section),
@@ -63,7 +65,7 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
 # What a default quick report runs, within its 10-minute budget on 2 CPU cores: the counting and the three
 # main experiments. The claims of issue 9 (residual speed-up, label smoothing, aux heads, Xception, BN
 # speed-up) take minutes each even in their quick configs: `inception-lab report --all` adds them.
-QUICK_SECTIONS: tuple[str, ...] = ("zoo", "cost_by_grid", "factorization", "factorization_grid", "dead_units",
+QUICK_SECTIONS: tuple[str, ...] = ("zoo", "cost_by_grid", "factorization", "design_principles", "factorization_grid", "dead_units",
                                    "smoothness", "blocks")
 
 

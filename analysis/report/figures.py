@@ -14,14 +14,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch, Rectangle
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from analysis.io import atomic_path
 
-__all__ = ["STYLE", "band_lines", "bar_params_macs", "figure_style", "heatmap", "lines", "reliability_figure",
-           "save_figure", "stacked_shares", "styled"]
+__all__ = ["STYLE", "band_lines", "bar_params_macs", "category_grid", "figure_style", "heatmap", "lines",
+           "reliability_figure", "save_figure", "stacked_shares", "styled"]
 
 # seaborn's theme for the report. ``color_codes=False``: seaborn would otherwise remap matplotlib's one-letter
 # colours ("b", "g", ...) for the whole process, a change that no rc context undoes.
@@ -139,6 +140,41 @@ def heatmap(df: pd.DataFrame, *, index: str, columns: str, values: str, title: s
     fig, ax = plt.subplots(figsize=(1.2 * len(pivot.columns) + 3, 0.6 * len(pivot) + 2))
     sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": values}, vmin=vmin, vmax=vmax)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def category_grid(frame: pd.DataFrame, *, x: str, y: str, category: str, categories: Sequence[str],
+                  col: str | None = None, label: str | None = None, title: str = "", xlabel: str | None = None,
+                  ylabel: str | None = None) -> Any:
+    """A phase diagram: one cell per (``x``, ``y``) value pair (both read as ordered labels), coloured by its
+    ``category`` (one colour per entry of ``categories``, in that order, with a legend), and written with its
+    ``label`` (e.g. an accuracy); one panel per ``col``. A pair with several rows shows the last. Renders only."""
+    facets = [None] if col is None else list(dict.fromkeys(frame[col]))
+    xs, ys = sorted(frame[x].unique()), sorted(frame[y].unique())
+    palette = dict(zip(categories, sns.color_palette("Set2", n_colors=len(categories))))
+    fig, axes = plt.subplots(1, len(facets), figsize=(0.9 * len(xs) * len(facets) + 2.5, 0.55 * len(ys) + 2.2),
+                             squeeze=False, sharey=True)
+    for ax, facet in zip(axes[0], facets):
+        part = frame if facet is None else frame[frame[col] == facet]
+        for _, row in part.iterrows():
+            i, j = xs.index(row[x]), ys.index(row[y])
+            ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, color=palette[row[category]], ec="white"))
+            if label is not None:
+                ax.text(i, j, str(row[label]), ha="center", va="center", fontsize="small")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_ylim(-0.5, len(ys) - 0.5)
+        ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys])
+        ax.grid(False)
+        ax.set_title(title if facet is None else str(facet))
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+    handles = [Patch(color=palette[c], label=c) for c in categories]
+    fig.legend(handles=handles, title=category, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    if col is not None and title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

@@ -114,20 +114,24 @@ def cost_by_grid_section(mode: Tier, seed: int, results_root: Path | None = None
     spatial["stride"] = [_output_stride(g, model_info(m).input_size) for m, g in zip(spatial["model"],
                                                                                       spatial["grid"])]
     strides = sorted(spatial["stride"].unique(), key=lambda s: int(s.split("/")[1]) if "/" in s else math.inf)
-    pivot = spatial.pivot_table(index="model", columns="grid", values="gmacs", aggfunc="sum", fill_value=0.0)
-    pivot = pivot[sorted(pivot.columns, key=lambda g: int(g.split("x")[0]), reverse=True)].round(3).reset_index()
+    pivot = spatial.pivot_table(index="model", columns="stride", values="gmacs", aggfunc="sum", fill_value=0.0)
+    pivot = pivot[strides].reset_index()
+    pivot["total"] = pivot[strides].sum(axis=1)
+    columns = {"model": Column("Model"), **{s: Column(f"{s} (GMACs)" if "/" in s else "Head (GMACs)", digits=3)
+                                           for s in strides}, "total": Column("Total (GMACs)", digits=3)}
     notes = table_notes(_counts("inception_v3"))[:1] + [
         "Grid = the module's own output height x width at the model's native input; uncounted ops (pooling, "
         "residual adds, activations) are listed per model by `inception-lab summary MODEL`."]
     return Section(
         title="Where the cost sits: MACs per grid size",
         text=("The Inception-v3 paper moves computation to the 17x17 and 8x8 grids and factorises there. The "
-              "table gives GMACs per output grid at each model's native input; the figure groups the grids by "
-              "output stride (the grid as a fraction of the input side: 1/8 is 28x28 at 224 px and 35x35-37x37 "
-              "at 299 px), so models with different inputs line up."),
-        tables=[Table("gmacs_by_grid", "GMACs by output grid size at each model's native input", pivot,
-                      notes=notes),
-                Table("cost_by_grid", "Parameters and MACs by grid (long form)", by_grid, inline=False)],
+              "table and the figure group each module's output grid by its output stride (the grid as a fraction "
+              "of the input side: 1/8 is 28x28 at 224 px and 35x35-37x37 at 299 px), so models with different "
+              "inputs line up; the long form per grid is in the CSV."),
+        tables=[Table("gmacs_by_grid", "GMACs by output stride at each model's native input (1/8: 28x28 at "
+                      "224 px, 35x35-37x37 at 299 px)", pivot, notes=notes, columns=columns),
+                Table("cost_by_grid", "Parameters and MACs per output grid of every model (long form)", by_grid,
+                      inline=False, columns=COST_BY_GRID_COLUMNS)],
         figures=[Figure("gmacs_by_grid",
                         "Share of each model's MACs by output stride (native input): the Inception-v3 family "
                         "spends most at 1/8 and 1/16 (35x35 and 17x17 at 299 px), GoogLeNet at 1/8 to 1/16",
@@ -139,6 +143,9 @@ def cost_by_grid_section(mode: Tier, seed: int, results_root: Path | None = None
 
 BLOCK_COLUMNS = {"block": Column("Block"), "params": Column("Params"), "macs": Column("MACs"),
                  "gmacs": Column("GMACs", digits=3)}
+COST_BY_GRID_COLUMNS = {"model": Column("Model"), "grid": Column("Output grid"),
+                        "params": Column("Params (M)", digits=3, scale=1e-6), "macs": Column("MACs"),
+                        "gmacs": Column("GMACs", digits=3)}
 
 
 def blocks_section(mode: Tier, seed: int, results_root: Path | None = None) -> Section:
@@ -149,7 +156,7 @@ def blocks_section(mode: Tier, seed: int, results_root: Path | None = None) -> S
         per_block = summarize(_counts(name), by="block", with_total=True)
         size = model_info(name).input_size
         tables.append(Table(f"blocks_{name}", f"{name}: parameters and MACs per block at {size}x{size} (fvcore)",
-                            per_block, inline=False, notes=[MAC_CONVENTION]))
+                            per_block, inline=False, notes=[MAC_CONVENTION], columns=BLOCK_COLUMNS))
     return Section(
         title="Appendix: every model block by block",
         text=("Parameters and MACs of every block of every zoo model at its native input (aux heads off), as "
