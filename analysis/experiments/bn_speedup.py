@@ -72,8 +72,8 @@ _RECIPE = dict(n_train=4000, optimizer="sgd", momentum=0.9, weight_decay=0.0, sc
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # A smoke test (its verdicts are not evidence): the standard tier's network and data, one rate (no tuning),
-    # 2 seeds of 60 steps: 12 runs (BN's own rate is the base rate) at ~0.11 CPU s per step plus ~2 s of data and
-    # init each, diverged runs stopping early: ~100 CPU s, about a minute on 2 idle cores.
+    # 2 seeds of 60 steps: 12 runs (BN's own rate is the base rate). Measured: 121 CPU s for the whole report
+    # section (inception-lab report --tier quick --section bn_speedup), about a minute on 2 idle cores.
     "quick": dict(
         _RECIPE,
         model="small_inception",
