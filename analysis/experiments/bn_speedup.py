@@ -252,7 +252,8 @@ def rate_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "variant": VARIANT_LABELS[arm], "multiplier": mult, "lr": float(cell["lr"].iloc[0]),
             "own tuned rate": bool(cell["own_rate"].iloc[0]),
-            "learned": f"{int(cell['learned'].sum())}/{len(cell)}", "diverged": f"{int(cell['diverged'].sum())}/{len(cell)}",
+            "learned": f"{int(cell['learned'].sum())}/{len(cell)}",
+            "diverged": f"{int(cell['diverged'].sum())}/{len(cell)}",
             "curve area (mean val. accuracy)": cell["curve_area"].mean(), "curve area sd": cell["curve_area"].std(),
             "final val. accuracy": cell["final_val_accuracy"].mean(),
             "final val. accuracy sd": cell["final_val_accuracy"].std(),

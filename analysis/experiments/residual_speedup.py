@@ -228,9 +228,9 @@ def _finite_val(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def per_run(results: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
     """One row per run (:func:`analysis.experiments.arms.summarise_runs`) plus ``pair``, ``kind``, ``label``,
-    ``chance`` (the accuracy of a guess), ``params``, ``gmacs``, ``cpu_per_step`` (CPU seconds per training step, evaluations included), the pair's
-    ``target`` (``target_fraction`` x the lower of its arms' mean best validation accuracy, at least the gate),
-    and the ``steps_to_target`` and ``cpu_to_target`` (NaN: not reached within the budget; censored)."""
+    ``chance`` (the accuracy of a guess), ``params``, ``gmacs``, ``cpu_per_step`` (CPU seconds per training step,
+    evaluations included), the pair's ``target`` (``target_fraction`` x the lower of its arms' mean best validation
+    accuracy, at least the gate), and the ``steps_to_target`` and ``cpu_to_target`` (NaN: not reached within the budget; censored)."""
     runs = summarise_runs(results)
     first = results.drop_duplicates("point_id").set_index("point_id")
     runs["pair"] = runs["arm"].str.split("_", n=1).str[0]

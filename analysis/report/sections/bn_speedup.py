@@ -71,7 +71,7 @@ def _accuracy_figure(results: pd.DataFrame, base: float, chance: float, target: 
     val = _labelled(results[results["split"] == "val"], base)
     return band_lines(val, x="step", y="accuracy", hue="variant", col="rate", sharey=True,
                       hlines={"chance": chance, f"target {target:.2f}": target}, title="Validation accuracy",
-                      xlabel="training step", ylabel="validation accuracy (mean; band: min-max over seeds)")
+                      xlabel="training step", ylabel="validation accuracy")
 
 
 def _loss_figure(results: pd.DataFrame, base: float, classes: int) -> Any:
@@ -81,14 +81,15 @@ def _loss_figure(results: pd.DataFrame, base: float, classes: int) -> Any:
     return band_lines(train, x="step", y="loss", hue="variant", col="rate", sharey=True,
                       hlines={f"chance: ln {classes} = {math.log(classes):.2f}": math.log(classes)},
                       title="Training loss", xlabel="training step",
-                      ylabel="training cross-entropy (nats; mean, band: min-max over seeds)")
+                      ylabel="training loss (nats)")
 
 
 def _tuning_table(runs: pd.DataFrame, chosen: dict[str, float]) -> pd.DataFrame:
     tune = runs[runs["stage"] == "tune"].sort_values(["arm", "lr"])
     return pd.DataFrame({
         "variant": tune["variant"], "lr": tune["lr"],
-        "curve area (held-out split)": tune["curve_area"], "final accuracy (held-out split)": tune["final_val_accuracy"],
+        "curve area (held-out split)": tune["curve_area"],
+        "final accuracy (held-out split)": tune["final_val_accuracy"],
         "diverged": tune["diverged"], "chosen": [math.isclose(lr, chosen[a]) for a, lr in zip(tune["arm"], tune["lr"])],
     })
 
@@ -174,7 +175,8 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
                    lambda: _accuracy_figure(results, base, chance, target)),
             Figure(f"{NAME}_loss", "Training loss against steps, one panel per rate: the BN net's loss should fall "
                    "below the chance line (ln K, a uniform guess) sooner; a net that does not learn stays on it, and a "
-                   "diverged run's curve ends where its loss became NaN", lambda: _loss_figure(results, base, num_classes(config))),
+                   "diverged run's curve ends where its loss became NaN (line: mean over seeds; band: min-max)",
+                   lambda: _loss_figure(results, base, num_classes(config))),
         ],
         verdict=verdict,
         claims=decided_claims,

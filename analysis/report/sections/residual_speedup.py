@@ -74,8 +74,7 @@ def _accuracy_figure(results: pd.DataFrame, runs: pd.DataFrame, x: str, xlabel: 
     chance = float(runs["chance"].iloc[0])
     return band_lines(val, x=x, y="accuracy", hue="kind", col="pair", sharey=True, per_seed=x != "step",
                       hlines={"chance": chance}, title=f"Validation accuracy against {xlabel.split(' (')[0]}",
-                      xlabel=xlabel, ylabel="validation accuracy" + (" (mean; band: min-max over seeds)"
-                                                                      if x == "step" else " (one line per seed)"))
+                      xlabel=xlabel, ylabel="validation accuracy")
 
 
 def _loss_figure(results: pd.DataFrame, runs: pd.DataFrame) -> Any:
@@ -84,7 +83,7 @@ def _loss_figure(results: pd.DataFrame, runs: pd.DataFrame) -> Any:
     return band_lines(train, x="step", y="loss", hue="kind", col="pair", sharey=True,
                       hlines={f"chance: ln {classes} = {math.log(classes):.2f}": math.log(classes)},
                       title="Training loss", xlabel="training step",
-                      ylabel="training cross-entropy (nats; mean, band: min-max over seeds)")
+                      ylabel="training loss (nats)")
 
 
 def _tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
