@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "loss_slice_2d": "analysis.instruments.landscape",
     "filter_normalized_direction": "analysis.instruments.landscape",
     "LandscapeProbe": "analysis.instruments.line_search",
+    "internal_covariate_shift": "analysis.instruments.covariate_shift",
+    "CovariateShiftProbe": "analysis.instruments.covariate_shift",
     "load_budgets": "analysis.instruments.budgets",
     "check_budget": "analysis.instruments.budgets",
     "check_budgets": "analysis.instruments.budgets",

@@ -152,9 +152,13 @@ def train(
     aux_weight: Annotated[Optional[float], typer.Option(help="Weight of each auxiliary loss (0.3 in GoogLeNet).")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
-    amp: Annotated[Optional[str], typer.Option(help="bf16 | fp16 (with a grad scaler)")] = None,
-    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 (with a grad scaler) | off")] = "auto",
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on CUDA only.")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    num_workers: Annotated[int, typer.Option(help="Loader worker processes (data sets not held as tensors).")] = 0,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Bit-reproducible kernels (GPU resume bit for bit).")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under DDP on CUDA: BN statistics over the global batch.")] = False,
+    data_cache: Annotated[Optional[Path], typer.Option(help="Folder keeping rendered synthetic sets on disk for later runs.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 0,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (and at the end).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
@@ -170,8 +174,8 @@ def train(
     knobs = parse_knobs(knob)
     info = model_info(model)
     size = info.input_size if image_size is None else image_size
-    train_set = build_dataset(data, "train", size, n=n_train)
-    val_set = build_dataset(data, "val", size, n=n_val)
+    train_set = build_dataset(data, "train", size, n=n_train, store=data_cache)
+    val_set = build_dataset(data, "val", size, n=n_val, store=data_cache)
     num_classes = getattr(train_set, "num_classes", None)
     if num_classes is not None and "num_classes" in info.knobs:
         knobs.setdefault("num_classes", int(num_classes))
@@ -179,8 +183,10 @@ def train(
     recipe = {k: v for k, v in dict(optimizer=optimizer, lr=lr, batch_size=batch_size, label_smoothing=label_smoothing,
                                     aux_weight=aux_weight, grad_clip=grad_clip).items() if v is not None}
     run = dict(model=model, model_kwargs=knobs, data=data, steps=steps, epochs=epochs, out_dir=out, resume=resume,
-               device=device, amp=amp, compile=compile, channels_last=channels_last, seed=seed,
-               eval_every=eval_every, checkpoint_every=checkpoint_every)
+               device=device, amp=None if amp.lower() in ("off", "none", "fp32") else amp, compile=compile,
+               channels_last="auto" if channels_last is None else channels_last, num_workers=num_workers,
+               deterministic=deterministic, sync_bn=sync_bn, seed=seed, eval_every=eval_every,
+               checkpoint_every=checkpoint_every)
     config = TrainConfig.preset(preset, **run, **recipe) if preset else TrainConfig(**run, **recipe)
     config.validate()
     seed_everything(seed)  # before building, so the seed decides the initialisation
@@ -272,8 +278,10 @@ def smoothness(
                        results_dir=results_dir or default_results_dir(f"smoothness-{model}", mode, seed))
     probes = module.probe_table(frame)
     _emit(probes, fmt, title=f"Loss-surface probes along training ({model}, {mode}, seed {seed})",
-          notes=["loss_min/max: the loss over the step sizes eta in [lr/2, 4 lr] along -g; grad_pred: "
-                 "||g - grad L(w - eta g)||; beta_eff: max over eta of grad_pred / ||eta g|| (Santurkar et al. 2018)."])
+          notes=["loss_range: max - min of the loss over the step sizes eta in [lr/2, 4 lr] along -g; grad_pred_max: "
+                 "max over eta of ||g - grad L(w - eta g)||; beta_eff: max over eta of that / ||eta g||; hessian_top: "
+                 "the top Hessian eigenvalue (Santurkar et al. 2018). rate: shared (both networks at one rate) or "
+                 "own (each at its tuned rate)."])
 
 
 class TierName(str, Enum):

@@ -4,18 +4,19 @@
     python benchmarks/throughput.py --device cuda --batch-size 128 --image-size 299 --compile   # on a GPU
 
 One training step is forward, cross-entropy, backward and an SGD step on random images, as the trainer runs it.
-Variants: eager fp32; AMP (bf16 on the CPU, fp16 with a GradScaler or bf16 on CUDA) with channels_last; the
-same under ``torch.compile`` with ``--compile``. Both models are built without auxiliary heads (timm's
-default), so they compute the same network. On CUDA the table also shows the achieved TFLOP/s, counted as
-MACs x 2 (FLOPs per MAC) x 3 (forward plus a backward of about twice its cost) per image, MACs from fvcore at
-the chosen image size, and its share of the GPU's nominal dense bf16 peak (printed; ``--peak-tflops``
-overrides it).
+Variants: eager fp32; AMP (bf16 on the CPU, fp16 with a GradScaler or bf16 on CUDA) without and with
+channels_last (what each buys on its own); AMP + channels_last under ``torch.compile`` with ``--compile``.
+Both models are built without auxiliary heads (timm's default), so they compute the same network. On CUDA
+the table also shows the achieved TFLOP/s, counted as MACs x 2 (FLOPs per MAC) x 3 (forward plus a backward
+of about twice its cost) per image, MACs counted by fvcore (:func:`analysis.count_model`) at the chosen image
+size, and its share (``peak_share``) of the GPU's nominal dense peak in the arithmetic the row ran in
+(:mod:`peaks`: bf16 or fp16 for AMP rows, TF32 for fp32 rows, whose convolutions cuDNN runs in TF32 by
+default); ``--peak-tflops`` overrides the peak of every row.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import time
@@ -27,30 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.report.tables import render
-
-# Nominal dense (non-sparse) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
-NOMINAL_BF16_PEAK_TFLOPS: list[tuple[str, float]] = [
-    ("GH200", 989.4),
-    ("H200", 989.4),
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),  # SXM (reported as "H100 80GB HBM3")
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
-    ("A10", 125.0),
-    ("V100", 125.0),  # fp16: V100 has no bf16
-    ("T4", 65.0),  # fp16
-]
-
-
-def nominal_peak_tflops(device_name: str) -> float | None:
-    for key, peak in NOMINAL_BF16_PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return peak
-    return None
-
+from peaks import PEAK_SOURCES, peak_arithmetic, peak_tflops
 
 def build_ours(num_classes: int) -> tuple[nn.Module | None, str]:
     from inception_models import create_model, list_models, model_info
@@ -74,18 +52,10 @@ def build_timm(num_classes: int) -> tuple[nn.Module | None, str]:
 
 
 def count_macs(model: nn.Module, image_size: int) -> float:
-    """Multiply-accumulates of one image's forward pass (fvcore's "flops", which are MACs)."""
-    from fvcore.nn import FlopCountAnalysis
+    """Multiply-accumulates of one image's forward pass, counted by fvcore through :func:`analysis.count_model`."""
+    from analysis.instruments.counting import count_model, totals
 
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    was_training = model.training
-    model.eval()
-    try:
-        counter = FlopCountAnalysis(model, torch.zeros(1, 3, image_size, image_size))
-        counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return float(counter.total())
-    finally:
-        model.train(was_training)
+    return float(totals(count_model(model, (3, image_size, image_size)))["macs"])
 
 
 def _sync(device: torch.device) -> None:
@@ -147,7 +117,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
     parser.add_argument("--repeats", type=int, default=1, help="measure each case this often, keep the best")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's nominal bf16 peak")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's nominal peak (every row)")
     parser.add_argument("--models", default="ours,timm", help="comma-separated: ours, timm")
     parser.add_argument("--format", default="table", help="table, markdown, csv, json or latex")
     args = parser.parse_args(argv)
@@ -169,6 +139,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     variants: list[tuple[str, dict[str, Any]]] = [
         ("eager fp32", dict(amp=None, channels_last=False, compile=False)),
+        (f"AMP {amp_name}", dict(amp=amp, channels_last=False, compile=False)),
         (f"AMP {amp_name} + channels_last", dict(amp=amp, channels_last=True, compile=False)),
     ]
     if args.compile:
@@ -214,6 +185,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     rows = []
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    amp_of = {variant: settings["amp"] for variant, settings in variants}
     for name, (params, macs) in counted.items():
         for variant, _ in variants:
             if (name, variant) not in best:
@@ -222,18 +195,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             row = {"model": name, "variant": variant, "params": params, "gmacs_per_image": macs / 1e9, **result}
             if device.type == "cuda":
                 row["tflops"] = result["img_per_s"] * macs * 2 * 3 / 1e12
+                arithmetic = peak_arithmetic({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_of[variant]),
+                                             cudnn_tf32=torch.backends.cudnn.allow_tf32)
+                row["peak_arithmetic"] = arithmetic
+                row["peak_tflops"] = args.peak_tflops or peak_tflops(gpu_name, arithmetic)
+                row["peak_share"] = row["tflops"] / row["peak_tflops"]
             rows.append(row)
 
     table = pd.DataFrame(rows)
     if device.type == "cuda" and not table.empty:
-        peak = args.peak_tflops or nominal_peak_tflops(torch.cuda.get_device_name(device))
-        if peak:
-            table["peak_share"] = table["tflops"] / peak
-            notes.append(f"assumed peak: {peak:g} TFLOP/s dense bf16 "
-                         f"({'given' if args.peak_tflops else 'nominal for ' + torch.cuda.get_device_name(device)}); "
-                         "TFLOP/s = img/s x GMACs x 2 x 3 (fwd + bwd)")
+        if args.peak_tflops:
+            notes.append(f"peak given: {args.peak_tflops:g} TFLOP/s for every row")
+        elif table["peak_tflops"].isna().all():
+            notes.append(f"unknown GPU {gpu_name!r}: pass --peak-tflops to get the share of peak")
         else:
-            notes.append("unknown GPU: pass --peak-tflops to get the share of peak")
+            notes.append(f"peaks: nominal dense TFLOP/s of {gpu_name} in each row's arithmetic (peak_arithmetic; "
+                         f"fp32 rows: TF32 convolutions); sources: {PEAK_SOURCES}")
+        notes.append("TFLOP/s = img/s x GMACs x 2 x 3 (fwd + bwd)")
     notes.append("MACs counted by fvcore (one fused multiply-add = one MAC) for one image in eval mode, no aux head")
     print(render(table, args.format, title="Training throughput, Inception-v3: ours vs timm", notes=notes), end="")
 

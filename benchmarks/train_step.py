@@ -2,7 +2,8 @@
 of the same architecture: torchvision's for GoogLeNet and Inception-v3, timm's for the later ones.
 
     python benchmarks/train_step.py --device cpu --batch 8 --input 160 --repeats 5 --threads 2
-    python benchmarks/train_step.py --device cuda --batch 64 --input 299 --repeats 20 --amp --channels-last
+    python benchmarks/train_step.py --device cuda --batch 64 --input 299 --repeats 20 --amp bf16 --channels-last
+    python benchmarks/train_step.py --device cuda --batch 64 --input 299 --amp bf16 --channels-last --compile
 
 Fair by construction: both models of a pair are built with the same aux setting and without pretrained
 weights, then the reference's values are copied into ours by order (our models register their tensors in the
@@ -10,7 +11,9 @@ reference's order), so both compute the same function; they get the same batch, 
 same settings. Steps are interleaved, ours and the reference's alternating and the order flipped every repeat
 (ABBA), so drift in the machine's speed (other jobs, clocks, caches) falls on both alike; the table shows
 the median step time of each and the ratio ours / reference (``ratio``; ``ratio_min`` is the ratio of the
-fastest steps, steadier on a shared machine). ``loss_diff`` is the difference between the two
+fastest steps, steadier on a shared machine). ``--amp bf16`` autocasts (``fp16`` adds a grad scaler),
+``--compile`` runs both under ``torch.compile`` (``--warmup`` steps, 3 by default, absorb the compile and
+cuDNN's kernel search). ``loss_diff`` is the difference between the two
 models' first-step losses (same weights, same dropout seed): about 0 when the pair computes the same function.
 
 A new pair is one entry of :data:`PAIRS`; a pair whose model is not registered yet is skipped with a note.
@@ -97,19 +100,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Stepper:
-    """One model's training step on a fixed batch: forward, loss (main + 0.3 x aux heads), backward, SGD."""
+AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool, channels_last: bool) -> None:
+
+class Stepper:
+    """One model's training step on a fixed batch: forward, loss (main + 0.3 x aux heads), backward, SGD.
+
+    ``amp``: None (fp32), ``"bf16"`` or ``"fp16"`` (with a grad scaler); ``compile``: run the model under
+    ``torch.compile`` with ``backend`` (the optimiser step stays eager, as in the trainer)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, amp: str | None, channels_last: bool,
+                 compile: bool = False, backend: str = "inductor") -> None:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format).train()
+        self.forward = torch.compile(self.model, backend=backend) if compile else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
-        self.device, self.amp = device, amp
+        self.device, self.amp_dtype = device, AMP_DTYPES[amp]
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(images)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out = self.forward(images)
             if isinstance(out, tuple):  # InceptionOutputs / GoogLeNetOutputs / (logits, aux)
                 logits, *aux = [o for o in out if o is not None]
                 aux = [a for item in aux for a in (item if isinstance(item, (tuple, list)) else (item,))]
@@ -118,8 +130,13 @@ class Stepper:
             loss = F.cross_entropy(logits.float(), labels)
             for a in aux:
                 loss = loss + 0.3 * F.cross_entropy(a.float(), labels)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         return loss.detach()
 
 
@@ -160,8 +177,8 @@ def time_pair(ours: Stepper, reference: Stepper, images: torch.Tensor, labels: t
             "loss_diff": abs(losses[0] - losses[1])}
 
 
-def run(*, device: str = "cpu", batch: int = 8, input_size: int = 160, repeats: int = 5, warmup: int = 1,
-        amp: bool = False, channels_last: bool = False, models: list[str] | None = None,
+def run(*, device: str = "cpu", batch: int = 8, input_size: int = 160, repeats: int = 5, warmup: int = 3,
+        amp: str | None = None, channels_last: bool = False, compile: bool = False, models: list[str] | None = None,
         num_classes: int = 1000, aux_logits: bool = False, clock: str = "wall") -> tuple[pd.DataFrame, list[str]]:
     """Time every pair in ``models`` (default: all of :data:`PAIRS`); return the table and its notes."""
     from inception_models import list_models
@@ -187,8 +204,8 @@ def run(*, device: str = "cpu", batch: int = 8, input_size: int = 160, repeats: 
             continue
         ours_model, ref_model = build_pair(pair, num_classes=num_classes, aux_logits=aux_logits)
         params = sum(p.numel() for p in ours_model.parameters())
-        ours = Stepper(ours_model, dev, amp=amp, channels_last=channels_last)
-        reference = Stepper(ref_model, dev, amp=amp, channels_last=channels_last)
+        ours = Stepper(ours_model, dev, amp=amp, channels_last=channels_last, compile=compile)
+        reference = Stepper(ref_model, dev, amp=amp, channels_last=channels_last, compile=compile)
         g = torch.Generator().manual_seed(0)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         images = torch.randn(batch, 3, input_size, input_size, generator=g).to(dev, memory_format=memory_format)
@@ -204,7 +221,8 @@ def run(*, device: str = "cpu", batch: int = 8, input_size: int = 160, repeats: 
         f"device {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
         + f", torch {torch.__version__}, {torch.get_num_threads()} CPU threads; batch {batch}, "
         f"{input_size}x{input_size}, {num_classes} classes, aux heads {'on' if aux_logits else 'off'}, "
-        f"{'bf16 autocast' if amp else 'fp32'}, {'channels_last' if channels_last else 'contiguous'}; "
+        f"{amp + ' autocast' if amp else 'fp32'}, {'channels_last' if channels_last else 'contiguous'}"
+        f"{', torch.compile' if compile else ''}; "
         f"{warmup} warm-up + {repeats} timed steps each, interleaved ABBA; median {clock}-clock ms per step; "
         "ratio = ours / reference (medians), ratio_min = the same of the fastest steps"
     ))
@@ -217,9 +235,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input", type=int, default=160, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model after the first")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model after the first (compiles, "
+                        "cuDNN's kernel search)")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16: with a grad scaler)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--models", default=",".join(PAIRS), help=f"comma-separated, of: {', '.join(PAIRS)}")
     parser.add_argument("--aux", action="store_true", help="aux heads on, on both sides (googlenet, inception_v3; "
                         "inception_v3's needs --input 299)")
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         torch.set_num_threads(args.threads)
     try:
         table, notes = run(device=args.device, batch=args.batch, input_size=args.input, repeats=args.repeats,
-                           warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
+                           warmup=args.warmup, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                            models=[m.strip() for m in args.models.split(",") if m.strip()],
                            num_classes=args.num_classes, aux_logits=args.aux, clock=args.clock)
     except ValueError as err:

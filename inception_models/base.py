@@ -98,15 +98,20 @@ class InceptionNetWithAux(InceptionNet):
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=min_input_size)
         self.aux_logits = aux_logits
         self.transform_input = transform_input
+        if transform_input:
+            # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1]. The
+            # constants are computed in double, as torchvision does (float32 constants moved the logits by
+            # ~3e-5), and built once as buffers that move with the model (not in the state dict), rather than
+            # copied from the host at every forward.
+            scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=torch.float64).view(1, 3, 1, 1)
+            shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=torch.float64).view(1, 3, 1, 1)
+            self.register_buffer("input_scale", scale.to(torch.get_default_dtype()), persistent=False)
+            self.register_buffer("input_shift", shift.to(torch.get_default_dtype()), persistent=False)
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         if not self.transform_input:
             return x
-        # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: ImageNet normalisation undone, then scaled to [-1, 1]. The
-        # constants are computed in double, as torchvision does (float32 constants moved the logits by ~3e-5).
-        scale = x.new_tensor([s / 0.5 for s in IMAGENET_STD]).view(1, 3, 1, 1)
-        shift = x.new_tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN]).view(1, 3, 1, 1)
-        return x * scale + shift
+        return x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype)
 
     def _body(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self._transform_input(x)

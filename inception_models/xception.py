@@ -19,6 +19,7 @@ convolution makes things worse, ReLU most of all; ``mid_activation=True`` puts t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 from torch import nn
@@ -27,7 +28,23 @@ from inception_models.base import InceptionNet, make_head
 from inception_models.layers import CAFFE_BN_EPS, ConvNormAct, NormKind, check_norm, init_he_fan_out, scale_width
 from inception_models.registry import register_variant
 
-__all__ = ["XCEPTION", "SeparableConv2d", "SeparableConvNorm", "XceptionBlock", "Xception", "XceptionSpec", "xception"]
+__all__ = ["XCEPTION", "MID_ACTIVATIONS", "mid_activation_layer", "SeparableConv2d", "SeparableConvNorm",
+           "XceptionBlock", "Xception", "XceptionSpec", "xception"]
+
+# What goes between the depthwise and the pointwise convolution (Fig. 10): False/"none", True/"relu", "elu".
+MidActivation = Union[bool, str]
+MID_ACTIVATIONS = ("none", "relu", "elu")
+
+
+def mid_activation_layer(kind: MidActivation) -> nn.Module:
+    """The module for ``mid_activation`` (no parameters in any case): Identity, ReLU or ELU (alpha 1)."""
+    name = ("relu" if kind else "none") if isinstance(kind, bool) else kind
+    if name not in MID_ACTIVATIONS:
+        raise ValueError(f"mid_activation must be True, False or one of {MID_ACTIVATIONS}, got {kind!r}")
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    return nn.ELU(inplace=True) if name == "elu" else nn.Identity()
+
 
 # 7 -> 3 (3x3/2 'valid') -> 1 (3x3 'valid'); every later layer is padded and works on a 1x1 grid.
 MIN_INPUT_SIZE = 7
@@ -37,7 +54,8 @@ XCEPTION_BN_EPS = CAFFE_BN_EPS
 class SeparableConv2d(nn.Module):
     """Depthwise-separable convolution (Xception paper, Sec. 2): a per-channel k x k convolution, then 1x1.
 
-    ``mid_activation`` inserts a ReLU between the two (the paper's Fig. 10 ablation; off in Xception).
+    ``mid_activation`` inserts a non-linearity between the two (the paper's Fig. 10 ablation; off in Xception):
+    ``True`` or ``"relu"`` a ReLU, ``"elu"`` an ELU, ``False`` or ``"none"`` nothing.
     """
 
     def __init__(
@@ -47,14 +65,14 @@ class SeparableConv2d(nn.Module):
         kernel_size: int = 3,
         *,
         padding: int = 1,
-        mid_activation: bool = False,
+        mid_activation: MidActivation = False,
         bias: bool = False,
     ) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(
             in_channels, in_channels, kernel_size, padding=padding, groups=in_channels, bias=False
         )
-        self.mid_act = nn.ReLU(inplace=True) if mid_activation else nn.Identity()
+        self.mid_act = mid_activation_layer(mid_activation)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +94,7 @@ class SeparableConvNorm(nn.Sequential):
         pre_act: bool = False,
         post_act: bool = False,
         norm: NormKind = "bn",
-        mid_activation: bool = False,
+        mid_activation: MidActivation = False,
         pre_act_inplace: bool = True,
     ) -> None:
         super().__init__()
@@ -104,7 +122,7 @@ class XceptionBlock(nn.Module):
         start_with_relu: bool = True,
         grow_first: bool = True,
         norm: NormKind = "bn",
-        mid_activation: bool = False,
+        mid_activation: MidActivation = False,
     ) -> None:
         super().__init__()
         if out_channels != in_channels or stride != 1:
@@ -183,7 +201,7 @@ class Xception(InceptionNet):
         drop_rate: float = 0.0,
         norm: NormKind = "bn",
         width_mult: float = 1.0,
-        mid_activation: bool = False,
+        mid_activation: MidActivation = False,
         middle_blocks: int = 8,
     ) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, min_input_size=MIN_INPUT_SIZE)
@@ -237,8 +255,8 @@ xception = register_variant(
     "xception",
     """Xception (Chollet 2017): 22.9M parameters, 8.36 GMACs at 299, 36 convolution layers in 14 modules.
 
-    ``mid_activation=True`` adds a ReLU between every depthwise and pointwise convolution (no parameters;
-    worse in the paper's Fig. 10); ``middle_blocks`` sets the depth of the middle flow (8 in the paper).
+    ``mid_activation=True`` (or ``"relu"``) adds a ReLU between every depthwise and pointwise convolution,
+    ``"elu"`` an ELU (no parameters; both worse in the paper's Fig. 10); ``middle_blocks`` sets the depth of the middle flow (8 in the paper).
     """,
     paper="Xception: Deep Learning with Depthwise Separable Convolutions (Chollet)",
     year=2017,

@@ -44,10 +44,10 @@ def _scaled(width_mult: float):
 
 
 def small_inception_params(*, bn: bool = True, width_mult: float = 1.0, classes: int = 10,
-                           factorize_stages: tuple[int, ...] = ()) -> int:
+                           factorize_stages: tuple[int, ...] = (), branch_kernel: int = 3) -> int:
     """small_inception (Zhang et al. 2017, Fig. 3) counted by hand: a k_h x k_w conv has k_h*k_w*c_in*c_out
-    weights plus per output channel BN's gamma and beta (2) or a bias (1); a factorised 3x3 branch is 1x3
-    (c_in -> c) then 3x1 (c -> c)."""
+    weights plus per output channel BN's gamma and beta (2) or a bias (1); the Inception modules' spatial branch
+    is n x n (n = ``branch_kernel``), factorised 1 x n (c_in -> c) then n x 1 (c -> c)."""
     from inception_models.small_inception import SMALL_INCEPTION_STAGES
 
     per_channel = 2 if bn else 1
@@ -61,7 +61,8 @@ def small_inception_params(*, bn: bool = True, width_mult: float = 1.0, classes:
     for stage, (modules, downsample) in enumerate(SMALL_INCEPTION_STAGES):
         for ch1, ch3 in modules:
             a, b = w(ch1), w(ch3)
-            branch3 = conv(3, c_in, b) + conv(3, b, b) if stage in factorize_stages else conv(9, c_in, b)
+            n = branch_kernel
+            branch3 = conv(n, c_in, b) + conv(n, b, b) if stage in factorize_stages else conv(n * n, c_in, b)
             total += conv(1, c_in, a) + branch3
             c_in = a + b
         if downsample is not None:

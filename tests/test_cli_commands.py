@@ -70,6 +70,27 @@ def test_train_then_resume_equals_the_uninterrupted_run(monkeypatch, capsys, tmp
         assert torch.equal(final[name], value), name
 
 
+def test_train_keeps_a_rendered_synthetic_set_on_disk_and_decides_speed_per_device(monkeypatch, capsys, tmp_path):
+    """--data-cache renders each split once into the folder; a second run reads it and trains the same steps. The
+    speed settings left at their defaults resolve to off on the CPU (bf16 and channels_last are CUDA's); --amp off
+    and a bad --amp are understood."""
+    cache = tmp_path / "cache"
+    args = [*TRAIN, "--steps", "2", "--data-cache", str(cache)]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    stored = sorted(p.name for p in cache.iterdir())
+    assert len(stored) == 2 and all(name.startswith("synthetic-") for name in stored)
+    config = load_checkpoint(tmp_path / "a")["config"]
+    assert (config["amp"], config["channels_last"], config["cudnn_benchmark"]) == (None, False, False)
+    mtimes = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    code, again, err = run_cli(monkeypatch, capsys, *args, "--amp", "off", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes  # read back, not rendered again
+    pd.testing.assert_frame_equal(csv(again).drop(columns="time"), csv(out).drop(columns="time"), check_exact=True)
+    code, _, err = run_cli(monkeypatch, capsys, *TRAIN, "--steps", "1", "--amp", "int8", "--out", str(tmp_path / "c"))
+    assert_one_line_error(code, err, "amp='int8'")
+
+
 @pytest.mark.slow  # three interpreter starts: a few seconds on 2 idle cores
 def test_the_installed_script_trains_resumes_and_refuses_bad_input(tmp_path):
     script = shutil.which("inception-lab", path=str(Path(sys.executable).parent)) or shutil.which("inception-lab")

@@ -372,5 +372,5 @@ def test_make_loader_draws_the_trainers_order() -> None:
     data = torch.utils.data.TensorDataset(torch.arange(100))
     for seed, epoch in [(0, 0), (3, 5), (2**33 + 1, 2)]:
         loader = make_loader(data, 10, shuffle=True, seed=seed, epoch=epoch)
-        trainer_batches = DataSource.of(data, "data").epoch_loader(10, seed, epoch, 0)
+        trainer_batches = DataSource.of(data, "data").epoch_batches(10, seed, epoch, 0)
         assert [b[0].tolist() for b in loader] == [b[0].tolist() for b in trainer_batches]

@@ -1,32 +1,36 @@
-"""The Xception vs Inception-v3 experiment: config plumbing, result schema, resumability, verdicts, section.
+"""The Xception vs Inception-v3 experiment under the verdict protocol: configs and matched parameter counts, the
+arms and their shared initial weights, the result schema on a tiny config, resumability, the verdict words on
+fixed frames, and the section with its claims.
 
-The science runs in the quick config (``inception-lab report``); here a tiny config trains for two steps.
+The science runs in the standard tier (``inception-lab report --tier standard``); here a tiny config trains for
+two steps.
 """
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
+import torch
 
 from analysis.experiments import load_experiment, resolve_config
-from analysis.experiments.spread_rule import final_evals
 from analysis.experiments import xception_vs_v3 as xv
+from analysis.experiments.runner import build_arm_model
+from analysis.report.build import render_section
 from analysis.report.document import Section
 from analysis.report.sections import xception_vs_v3 as xv_section
+from inception_models import create_model
 
 from helpers import inception_v3_params, xception_params
 
 WIDTH = 0.0625
-TINY = {**xv.CONFIGS["quick"], "seeds": 2, "n_train": 32, "n_val": 20, "steps": 2, "batch_size": 16, "log_every": 1,
-        "eval_every": 1, "warmup_steps": 0, "workers": 1,
-        "variants": {xv.V3: dict(model="inception_v3", width_mult=WIDTH, drop_rate=0.0),
-                     xv.XCEPTION: dict(model="xception", width_mult=WIDTH, middle_blocks=1, mid_activation=False),
-                     xv.MID_RELU: dict(model="xception", width_mult=WIDTH, middle_blocks=1, mid_activation=True)}}
-# At 10 classes, counted by hand from the layer widths (tests/helpers.py): the ReLU between depthwise and
-# pointwise adds no parameters.
+TINY = {**xv.CONFIGS["quick"], "seeds": 2, "lrs": (0.01, 0.02), "v3_width": WIDTH, "xception_width": WIDTH,
+        "middle_blocks": 1, "n_train": 32, "n_val": 20, "steps": 2, "batch_size": 16, "log_every": 1,
+        "eval_every": 1, "warmup_steps": 0, "workers": 1, "param_tolerance": 0.99}
+# At 10 classes, counted by hand from the layer widths (tests/helpers.py): a mid activation adds no parameters.
 PARAMS = {xv.V3: inception_v3_params(width_mult=WIDTH, classes=10),
-          xv.XCEPTION: xception_params(width_mult=WIDTH, middle_blocks=1, classes=10),
-          xv.MID_RELU: xception_params(width_mult=WIDTH, middle_blocks=1, classes=10)}
+          **{arm: xception_params(width_mult=WIDTH, middle_blocks=1, classes=10) for arm in xv.ARMS[1:]}}
 
 
 @pytest.fixture(scope="module")
@@ -35,69 +39,95 @@ def tiny_run(tmp_path_factory):
     return folder, xv.run(TINY, results_dir=folder, progress=False)
 
 
-def test_configs_share_keys_and_resolve():
-    assert set(xv.CONFIGS) >= {"quick", "full"}
-    assert set(xv.CONFIGS["quick"]) == set(xv.CONFIGS["full"])
+# ------------------------------------------------------------------------------------------------ configs
+def test_tiers_share_keys_and_resolve():
+    assert set(xv.CONFIGS) == {"quick", "standard", "full"}
+    assert set(xv.CONFIGS["quick"]) == set(xv.CONFIGS["standard"]) == set(xv.CONFIGS["full"])
+    standard = xv.CONFIGS["standard"]
+    assert standard["seeds"] >= 5 and len(standard["lrs"]) >= 2 and standard["arms"] == xv.ARMS
     assert load_experiment("xception_vs_v3") is xv
     assert resolve_config(xv, "quick", steps=3)["steps"] == 3
 
 
-@pytest.mark.parametrize("mode", ["quick", "full"])
-def test_configured_networks_have_matched_parameters(mode):
-    from inception_models import create_model
-
-    variants = xv.CONFIGS[mode]["variants"]
-    counts = {label: sum(p.numel() for p in create_model(spec["model"], num_classes=10,
-                                                         **{k: v for k, v in spec.items() if k != "model"}).parameters())
-              for label, spec in variants.items()}
-    assert counts[xv.XCEPTION] == counts[xv.MID_RELU]
-    assert abs(counts[xv.XCEPTION] / counts[xv.V3] - 1) < xv.CONFIGS[mode]["param_tolerance"]
-    width = variants[xv.V3]["width_mult"]
-    assert variants[xv.XCEPTION]["width_mult"] == width and variants[xv.XCEPTION]["middle_blocks"] == 8
-    assert counts == {xv.V3: inception_v3_params(width_mult=width, classes=10),
-                      xv.XCEPTION: xception_params(width_mult=width, classes=10),
-                      xv.MID_RELU: xception_params(width_mult=width, classes=10)}
+@pytest.mark.parametrize("mode", ["quick", "standard", "full"])
+def test_configured_arms_are_parameter_matched(mode):
+    """Every tier's Xception is within its tolerance of its Inception-v3, both counted by hand."""
+    config = xv.CONFIGS[mode]
+    v3 = inception_v3_params(width_mult=config["v3_width"], classes=10)
+    xc = xception_params(width_mult=config["xception_width"], middle_blocks=config["middle_blocks"], classes=10)
+    assert abs(xc / v3 - 1) <= config["param_tolerance"] <= 0.05
+    for arm in xv.make_arms(config):
+        built = create_model(arm.model, num_classes=10, **arm.knobs)
+        assert sum(p.numel() for p in built.parameters()) == (v3 if arm.name == xv.V3 else xc)
+    if mode != "full":  # the CPU tiers' sizes, as their comment states
+        assert (v3, xc) == (346_830, 346_351)
 
 
-def test_the_closed_forms_give_the_reference_ports_at_full_width():
-    """The hand counts behind PARAMS reproduce torchvision's inception_v3 (23,834,568) and timm's legacy_xception
-    (22,855,952) at full width and 1000 classes (shared/REFERENCES.md); at 1/16 width the counts are these."""
-    assert inception_v3_params() == 23_834_568 and xception_params() == 22_855_952
-    assert PARAMS == {xv.V3: 88_458, xv.XCEPTION: 44_324, xv.MID_RELU: 44_324}
+def test_arms_share_the_plain_xceptions_initial_weights():
+    arms = {arm.name: arm for arm in xv.make_arms(TINY)}
+    assert [arms[a].share_with for a in xv.ARMS] == [None, None, xv.XCEPTION, xv.XCEPTION]
+    assert [arms[a].knobs.get("mid_activation") for a in xv.ARMS] == [None, "none", "relu", "elu"]
+    by_name = dict(arms)
+    point = {"seed": 3, "difficulty": "default"}
+    plain = build_arm_model({**point, **arms[xv.XCEPTION].fields(by_name)})
+    for name in (xv.RELU, xv.ELU):
+        other = build_arm_model({**point, **arms[name].fields(by_name)})
+        for (key, a), b in zip(plain.state_dict().items(), other.state_dict().values()):
+            assert torch.equal(a, b), key
+    different_seed = build_arm_model({**point, "seed": 4, **arms[xv.XCEPTION].fields(by_name)})
+    assert not torch.equal(plain.fc.weight, different_seed.fc.weight)
 
 
-def test_points_one_per_variant_and_seed():
-    points = xv.make_points({**TINY, "seeds": 3, "seed": 4})
-    assert len(points) == 9
-    assert [p["variant"] for p in points[::3]] == [xv.V3, xv.XCEPTION, xv.MID_RELU]
-    assert [p["seed"] for p in points[:3]] == [4, 5, 6] and {p["data_seed"] for p in points} == {4}
-    assert points[-1]["mid_activation"] is True and points[3]["mid_activation"] is False
+@pytest.mark.parametrize("change, message", [
+    ({"arms": (xv.V3, xv.RELU)}, "arms must hold 'xception'"),
+    ({"arms": (xv.XCEPTION,)}, "arms must hold 'xception'"),
+    ({"arms": (xv.XCEPTION, "xception_gelu")}, "arms must hold 'xception'"),
+    ({"param_tolerance": 1.5}, "param_tolerance"),
+    ({"lrs": ()}, "lrs must list positive"),
+])
+def test_bad_configs_are_clear_errors(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        xv.run({**TINY, **change}, results_dir=tmp_path, progress=False)
 
 
-def test_bad_variant_is_named():
-    with pytest.raises(ValueError, match="unknown knob"):
-        xv.make_points({**TINY, "variants": {"x": dict(model="xception", widht_mult=0.5)}})
-    with pytest.raises(ValueError, match="names no model"):
-        xv.make_points({**TINY, "variants": {"x": dict(width_mult=0.5)}})
+def test_a_config_missing_keys_is_named(tmp_path):
+    config = dict(TINY)
+    del config["middle_blocks"]
+    with pytest.raises(ValueError, match=r"lacks \['middle_blocks'\]"):
+        xv.run(config, results_dir=tmp_path, progress=False)
 
 
-def test_result_schema_and_rows(tiny_run):
-    _, table = tiny_run
-    assert list(table.columns) == ["point_id"] + xv.RESULT_COLUMNS
-    # 3 variants x 2 seeds, each: 2 logged train steps + validation after steps 1 and 2.
-    assert len(table) == 24
-    assert table.groupby("point_id", sort=False).size().tolist() == [4] * 6
-    # In the trainer's log order: each step's training row, then its evaluation.
-    assert table["split"].tolist()[:4] == ["train", "val", "train", "val"]
-    assert table["step"].tolist()[:4] == [1, 1, 2, 2]
-    assert dict(table.groupby("variant")["params"].first()) == PARAMS
-    assert table.loc[table["variant"] == xv.MID_RELU, "mid_activation"].all()
-    assert not table.loc[table["variant"] == xv.XCEPTION, "mid_activation"].any()
-    # Eval-mode losses after one or two steps can be large (BN running statistics barely moved): finite is enough.
-    assert (table["loss"] > 0).all() and table["loss"].lt(float("inf")).all() and (table["cpu_s"] > 0).all()
+# ------------------------------------------------------------------------------------------------ schema
+def test_result_schema_and_runs(tiny_run):
+    _, results = tiny_run
+    assert set(xv.RESULT_COLUMNS) <= set(results.columns)
+    runs = xv.per_run(results)
+    assert list(runs.columns) == xv.PER_RUN_COLUMNS
+    # 4 arms x 2 tuning rates, then 4 arms x 2 seeds.
+    assert runs.groupby("stage").size().to_dict() == {"seed": 8, "tune": 8}
+    assert dict(runs.groupby("arm")["params"].first()) == PARAMS
+    seeds = runs[runs["stage"] == "seed"]
+    assert sorted(seeds["seed"].unique()) == [0, 1] and set(seeds["lr"]) <= {0.01, 0.02}
+    assert (runs["cpu_s"] > 0).all() and runs["final_val_accuracy"].between(0, 1).all()
+    # each logged run: 2 training rows and 2 evaluations
+    assert results.groupby("point_id").size().eq(4).all()
 
 
-def test_second_run_trains_nothing(tiny_run, monkeypatch):
+def test_summary_and_verdicts_on_the_tiny_run(tiny_run):
+    _, results = tiny_run
+    runs = xv.per_run(results)
+    summary = xv.summarise(runs)
+    assert list(summary.columns) == xv.SUMMARY_COLUMNS and summary["arm"].tolist() == list(xv.ARMS)
+    assert summary["params_vs_v3"].tolist() == pytest.approx(
+        [0.0] + [PARAMS[xv.XCEPTION] / PARAMS[xv.V3] - 1] * 3)
+    verdicts = xv.decide(runs, TINY["param_tolerance"])
+    assert set(verdicts) == set(xv.COMPARISONS)
+    assert [c.claim for c in xv.claims(verdicts)] == [
+        "Xception beats param-matched Inception-v3", "no intermediate activation beats ReLU",
+        "no intermediate activation beats ELU"]
+
+
+def test_a_second_run_trains_nothing(tiny_run, monkeypatch):
     folder, first = tiny_run
 
     def fail(point):
@@ -107,80 +137,73 @@ def test_second_run_trains_nothing(tiny_run, monkeypatch):
     pd.testing.assert_frame_equal(first, xv.run(TINY, results_dir=folder, progress=False))
 
 
-def test_summary_columns(tiny_run):
-    _, table = tiny_run
-    summary = xv.summarise(table)
-    assert list(summary.columns) == xv.SUMMARY_COLUMNS
-    assert summary["variant"].tolist() == [xv.V3, xv.XCEPTION, xv.MID_RELU]
-    assert summary["seeds"].tolist() == [2, 2, 2]
-    assert summary["params"].tolist() == [PARAMS[v] for v in summary["variant"]]
-    ratio = PARAMS[xv.XCEPTION] / PARAMS[xv.V3] - 1
-    assert summary["params_vs_v3"].tolist() == pytest.approx([0.0, ratio, ratio])
+# ------------------------------------------------------------------------------------------------ verdicts
+BASE = [0.80, 0.82, 0.78, 0.81, 0.79]
+# Paired differences (treatment - control) with a known mean and t interval: mean 0.05, sd sqrt(2e-4 / 4).
+WIN = [0.04, 0.05, 0.06, 0.05, 0.05]
 
 
-def _frames(accuracies: dict[str, list[float]], params: dict[str, int] | None = None):
-    params = params or {xv.V3: 1000, xv.XCEPTION: 1050, xv.MID_RELU: 1050}
-    rows = [{"point_id": f"{v}{i}", "variant": v, "model": v.split("_mid")[0], "mid_activation": v == xv.MID_RELU,
-             "seed": i, "params": params[v], "split": "val", "step": 10, "loss": 1.0, "accuracy": a}
-            for v, accs in accuracies.items() for i, a in enumerate(accs)]
-    results = pd.DataFrame(rows)
-    return xv.summarise(results), final_evals(results)
+def _runs(xception=BASE, v3=None, relu=None, elu=None, learned=None, params=(1000, 1020)):
+    """A per-run frame: the other arms are Xception minus the given paired differences."""
+    arms = {xv.XCEPTION: xception,
+            xv.V3: [x - d for x, d in zip(xception, v3 or WIN)],
+            xv.RELU: [x - d for x, d in zip(xception, relu or WIN)],
+            xv.ELU: [x - d for x, d in zip(xception, elu or WIN)]}
+    rows = [{"stage": "seed", "arm": arm, "seed": s, "final_val_accuracy": acc, "params": params[arm != xv.V3],
+             "learned": (learned or {}).get(arm, [True] * 5)[s]}
+            for arm, accs in arms.items() for s, acc in enumerate(accs)]
+    tune = [{"stage": "tune", "arm": xv.V3, "seed": 10_000, "final_val_accuracy": 0.1, "params": params[0],
+             "learned": False}]
+    return pd.DataFrame(rows + tune)
 
 
-LEARNED = {xv.V3: [0.40, 0.42], xv.XCEPTION: [0.50, 0.52], xv.MID_RELU: [0.45, 0.46]}
-CHANCE_LINE = "<= 0.128: chance 0.1 + 3 binomial s.e. on 1000 images"  # 0.1 + 3 sqrt(0.1 x 0.9 / 1000)
-BEATS_V3 = ("shows: Xception beat Inception-v3 at a similar parameter count (xception 0.510 vs inception_v3 0.410, "
-            "difference +0.100 against a seed spread of 0.020)")
-RELU_HURTS = ("shows: the ReLU between depthwise and pointwise convolutions hurt (xception 0.510 vs xception_mid_relu "
-              "0.455, difference +0.055 against a seed spread of 0.020)")
+def test_supports_with_the_t_interval_computed_by_hand():
+    verdicts = xv.decide(_runs(), 0.05)
+    half = 2.7764451 * math.sqrt(2e-4 / 4) / math.sqrt(5)  # t(0.975, 4) x sd / sqrt(n) = 0.00878
+    for key in xv.COMPARISONS:
+        v = verdicts[key]
+        assert v.word == "supports" and v.arms_learned == "10/10"
+        assert (v.effect.effect, v.effect.ci_low, v.effect.ci_high) == pytest.approx((0.05, 0.05 - half, 0.05 + half))
 
 
-@pytest.mark.parametrize("accuracies, params, first, second", [
-    (LEARNED, None, BEATS_V3, RELU_HURTS),
-    ({xv.V3: [0.60, 0.62], xv.XCEPTION: [0.50, 0.52], xv.MID_RELU: [0.60, 0.61]}, None,
-     "does not show: the opposite held (xception 0.510 vs inception_v3 0.610, difference -0.100 against a seed "
-     "spread of 0.020)",
-     "does not show: the opposite held (xception 0.510 vs xception_mid_relu 0.605, difference -0.095 against a "
-     "seed spread of 0.020)"),
-    ({xv.V3: [0.40, 0.55], xv.XCEPTION: [0.45, 0.55], xv.MID_RELU: [0.44, 0.52]}, None,
-     "inconclusive: spread over seeds larger than the effect (xception 0.500 vs inception_v3 0.475, difference "
-     "+0.025 against a seed spread of 0.150)",
-     "inconclusive: spread over seeds larger than the effect (xception 0.500 vs xception_mid_relu 0.480, "
-     "difference +0.020 against a seed spread of 0.100)"),
-    ({**LEARNED, xv.V3: [0.10, 0.11]}, None,
-     f"inconclusive: inception_v3 did not learn beyond chance (mean accuracy 0.105 {CHANCE_LINE}; xception reached "
-     "0.510, so it trained faster here, but the claim is about accuracy once trained)", RELU_HURTS),
-    (LEARNED, {xv.V3: 1000, xv.XCEPTION: 1200, xv.MID_RELU: 1200},
-     "inconclusive: parameter counts differ by 20.0% (1,200 vs 1,000), more than 10%", RELU_HURTS),
-    # The mid-activation claim includes convergence speed: staying at chance while the other learns is a result.
-    ({**LEARNED, xv.MID_RELU: [0.10, 0.11]}, None, BEATS_V3,
-     "shows: the ReLU between depthwise and pointwise convolutions hurt (xception 0.510 vs xception_mid_relu 0.105, "
-     "difference +0.405 against a seed spread of 0.020; xception_mid_relu did not learn beyond chance (0.128) in "
-     "this budget)"),
-    ({**LEARNED, xv.XCEPTION: [0.10, 0.11]}, None,
-     f"inconclusive: xception did not learn beyond chance (mean accuracy 0.105 {CHANCE_LINE}; inception_v3 reached "
-     "0.410, so it trained faster here, but the claim is about accuracy once trained)",
-     "does not show: the opposite held (xception 0.105 vs xception_mid_relu 0.455, difference -0.350 against a seed "
-     "spread of 0.010; xception did not learn beyond chance (0.128) in this budget)"),
-    ({xv.V3: [0.10, 0.12], xv.XCEPTION: [0.10, 0.11], xv.MID_RELU: [0.11, 0.10]}, None,
-     f"inconclusive: xception and inception_v3 did not learn beyond chance (mean accuracy 0.105, 0.110 {CHANCE_LINE})",
-     f"inconclusive: xception and xception_mid_relu did not learn beyond chance (mean accuracy 0.105, 0.105 "
-     f"{CHANCE_LINE})"),
-])
-def test_verdicts_on_hand_made_frames(accuracies, params, first, second):
-    summary, final = _frames(accuracies, params)
-    assert xv.verdicts(summary, final, n_val=1000) == {"xception_vs_v3": first, "mid_activation": second}
-    assert xv.verdict(summary, final, n_val=1000) == (
-        f"Xception vs Inception-v3 at similar parameters: {first}. Activation between depthwise and pointwise: "
-        f"{second}.")
+def test_contradicts_and_no_effect():
+    verdicts = xv.decide(_runs(v3=[-d for d in WIN], relu=[0.02, -0.02, 0.01, -0.01, 0.0]), 0.05)
+    assert verdicts["xception_vs_v3"].word == "contradicts"
+    assert verdicts["xception_vs_v3"].effect.effect == pytest.approx(-0.05)
+    assert verdicts["none_vs_relu"].word == "no effect detected"
+    assert verdicts["none_vs_elu"].word == "supports"
 
 
-def test_verdict_names_a_missing_network():
-    summary, final = _frames({xv.XCEPTION: [0.5, 0.52], xv.MID_RELU: [0.45, 0.46]})
-    assert xv.verdicts(summary, final, n_val=1000)["xception_vs_v3"] == "inconclusive: inception_v3 not trained"
+def test_an_arm_at_chance_makes_its_comparisons_not_tested_by_name():
+    """The review's case: both arms at chance must never read as a result."""
+    stuck = {xv.RELU: [False] * 5, xv.V3: [True, True, False, True, True]}
+    verdicts = xv.decide(_runs(learned=stuck), 0.05)
+    assert verdicts["none_vs_relu"].word == "not tested"
+    assert "xception_relu in seeds 0, 1, 2, 3, 4" in verdicts["none_vs_relu"].reason
+    assert verdicts["xception_vs_v3"].word == "not tested"
+    assert "inception_v3 in seed 2" in verdicts["xception_vs_v3"].reason
+    assert verdicts["xception_vs_v3"].arms_learned == "9/10"
+    assert verdicts["none_vs_elu"].word == "supports"
 
 
-def test_section_renders(tiny_run, monkeypatch):
+def test_a_parameter_mismatch_makes_the_v3_comparison_not_tested():
+    verdicts = xv.decide(_runs(params=(1000, 1200)), 0.05)
+    assert verdicts["xception_vs_v3"].word == "not tested"
+    assert "differ by +20.0%" in verdicts["xception_vs_v3"].reason
+    assert verdicts["none_vs_relu"].word == "supports"  # the mid-activation arms are one network
+
+
+def test_absent_arms_have_no_verdict_and_no_claim():
+    runs = _runs()
+    verdicts = xv.decide(runs[runs["arm"].isin([xv.XCEPTION, xv.ELU])], 0.05)
+    assert list(verdicts) == ["none_vs_elu"]
+    assert [c.claim for c in xv.claims(verdicts)] == ["no intermediate activation beats ELU"]
+    assert xv.verdict(verdicts).startswith("no mid activation vs ELU: supports: final validation accuracy 0.800 vs "
+                                           "0.750, effect +0.050 [+0.041, +0.059] (paired t, 95% over 5 paired")
+
+
+# ------------------------------------------------------------------------------------------------ section
+def test_section_renders_with_claims(tiny_run, monkeypatch, tmp_path):
     import matplotlib.pyplot as plt
 
     folder, _ = tiny_run
@@ -188,11 +211,28 @@ def test_section_renders(tiny_run, monkeypatch):
     monkeypatch.setattr(xv_section, "default_results_dir", lambda *_: folder)
     section = xv_section.section("quick", 0)
     assert isinstance(section, Section)
-    assert section.verdict.startswith("Xception vs Inception-v3 at similar parameters: ")
-    assert list(section.tables[0].frame.columns) == xv.SUMMARY_COLUMNS
-    assert len(section.tables[1].frame) == 6
-    assert "2 steps" in section.text and "75 px" in section.text
+    assert [c.claim for c in section.claims] == [
+        "Xception beats param-matched Inception-v3", "no intermediate activation beats ReLU",
+        "no intermediate activation beats ELU"]
+    assert all(c.measure.startswith("final validation accuracy") for c in section.claims)
+    assert section.verdict.startswith("Xception vs Inception-v3: ")
+    summary, verdicts, runs = section.tables
+    assert set(summary.columns) <= set(summary.frame.columns) and len(summary.frame) == 4
+    assert set(verdicts.columns) <= set(verdicts.frame.columns) and len(verdicts.frame) == 3
+    assert not runs.inline and len(runs.frame) == 16
+    assert "2 steps" in section.text and "75 px" in section.text and "2 paired seeds" in section.text
+    assert "tuned over 0.01, 0.02 on a held-out split with the same budget (chosen: Inception-v3 0.0" in section.text
+    markdown = render_section(section, tmp_path)
+    assert "Params vs v3 (%)" in markdown and "Effect (points)" in markdown and "Runs past gate" in markdown
+    assert "88,458" in markdown  # Inception-v3's hand count, shown with its separators
+    for stem in ("xception_vs_v3_accuracy", "xception_vs_v3_effects"):
+        assert (tmp_path / f"{stem}.png").stat().st_size > 0
     for figure in section.figures:
         drawn = figure.draw()
         assert isinstance(drawn, plt.Figure) and drawn.axes
+        labels = [t.get_text() for ax in drawn.axes for t in ax.texts]
+        if figure.stem.endswith("accuracy"):
+            assert any(label.startswith("chance (1/10)") for label in labels)
+        else:
+            assert len(labels) == 3  # one verdict word above each comparison
         plt.close(drawn)

@@ -63,8 +63,8 @@ def test_channels_last_reaches_the_batch_the_activations_and_the_parameters():
         assert step["all_weights_channels_last"]
 
 
-def test_channels_last_is_off_by_default():
-    assert TrainConfig(steps=1).channels_last is False
+def test_channels_last_is_off_by_default_on_the_cpu():
+    assert TrainConfig(steps=1).resolved("cpu").channels_last is False  # "auto": on CUDA only
     for step in train_with_probe():
         assert step["batch"] == (False, True)
         assert step["stem_output"] == (False, True)

@@ -100,8 +100,8 @@ def test_the_real_experiments_fingerprint_their_shared_modules_not_the_report():
     from analysis.training import provenance
 
     names = {m.__name__ for m in provenance._package_imports(importlib.import_module("analysis.experiments.smoothness"))}
-    assert names == {"analysis.experiments.smoothness", "analysis.experiments.runner",
-                     "analysis.experiments.norm_variants"}
+    assert names == {"analysis.experiments.smoothness", "analysis.experiments.runner", "analysis.experiments.arms",
+                     "analysis.experiments.verdict", "analysis.experiments.norm_variants"}
     assert experiment_fingerprint("analysis.experiments.smoothness") != experiment_fingerprint(
         "analysis.experiments.dead_units")
 

@@ -124,6 +124,33 @@ def test_factorize_stages(stages: tuple[int, ...]) -> None:
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("kernel, stages", [(5, ()), (5, (0,)), (7, (1,)), (7, (2,))])
+def test_branch_kernel(kernel: int, stages: tuple[int, ...]) -> None:
+    model = create_model("small_inception", width_mult=0.25, branch_kernel=kernel, factorize_stages=stages).eval()
+    assert n_params(model) == closed_form_params(width_mult=0.25, branch_kernel=kernel, factorize_stages=stages)
+    # Stage 0's first module at width 0.25 (c_in = 24 from the stem, 8-wide spatial branch): n x n costs
+    # n^2 * 24 * 8 weights, 1 x n then n x 1 costs n * 8 * (24 + 8); BN adds 2 per output channel of each conv.
+    branch = model.stage0[0].branch3x3
+    expected = kernel * 8 * (24 + 8) + 2 * 16 if 0 in stages else kernel**2 * 24 * 8 + 2 * 8
+    assert n_params(branch) == expected
+    for stage in range(3):
+        for block in getattr(model, f"stage{stage}"):
+            kernels = [layer.conv.kernel_size for layer in block.branch3x3]
+            assert kernels == ([(1, kernel), (kernel, 1)] if stage in stages else [(kernel, kernel)])
+            assert block.kernel == kernel
+    assert model.downsample0.branch3x3.conv.kernel_size == (3, 3)  # Downsample modules stay 3x3
+    with torch.no_grad():
+        for size in (32, 7):  # "same" padding keeps every grid, down to a 2x2 last stage
+            assert model.forward_features(torch.randn(2, 3, size, size)).shape[-1] == stage_grid_sizes(size)[2]
+
+
+def test_branch_kernel_default_is_the_paper_network() -> None:
+    assert n_params(create_model("small_inception", branch_kernel=3)) == PARAMS_BN
+    for bad in (4, 1, 2.0, True):
+        with pytest.raises(ValueError, match="branch_kernel must be an odd int"):
+            create_model("small_inception", branch_kernel=bad)
+
+
 def test_factorize_stages_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown stage"):
         create_model("small_inception", factorize_stages=(3,))

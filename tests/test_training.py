@@ -389,7 +389,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = ToyNet(dropout=0.0)
-    Trainer(model, toy_config(out_dir, steps=8, batch_size=16), toy_data(64)).fit()
+    with Trainer(model, toy_config(out_dir, steps=8, batch_size=16), toy_data(64)) as trainer:
+        trainer.fit()
+        # After fit() the group is still there: evaluate() reduces over both ranks' shards.
+        metrics = trainer.evaluate(toy_data(33, seed=2))
+    Path(out_dir, f"eval-rank{rank}.json").write_text(json.dumps(metrics))
 
 
 @pytest.mark.slow  # about 5 s on an idle 2-core machine, 30 s on a busy one: two spawned interpreters
@@ -397,7 +401,14 @@ def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path):
     _spawn_ddp(tmp_path / "ddp")
 
     torch.manual_seed(0)
-    single = Trainer(ToyNet(dropout=0.0), toy_config(tmp_path / "one", steps=8, batch_size=16), toy_data(64)).fit()
+    one = Trainer(ToyNet(dropout=0.0), toy_config(tmp_path / "one", steps=8, batch_size=16), toy_data(64))
+    single = one.fit()
+    expected = one.evaluate(toy_data(33, seed=2))
+    for rank in (0, 1):  # every rank reports the whole set (33 samples: shards of 17 and 16), not its shard
+        evaluated = json.loads((tmp_path / "ddp" / f"eval-rank{rank}.json").read_text())
+        assert evaluated["samples"] == 33
+        assert evaluated["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+        assert evaluated["accuracy"] == expected["accuracy"]
     ddp = read_metrics(tmp_path / "ddp")
     assert len(ddp) == 8
     assert ddp["loss"].tolist() == pytest.approx(train_losses(single), rel=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 from inception_models import create_model, model_info
 from inception_models.xception import SeparableConv2d, Xception, XceptionBlock
 
-from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params
+from helpers import calibrate_bn, copy_by_order, macs_and_grids, n_params, xception_params
 
 REFERENCE_PARAMS = 22_855_952  # timm 1.0.31 legacy_xception = the paper's Table 3 model, shared/REFERENCES.md
 REFERENCE_GMACS = 8.357
@@ -146,3 +148,21 @@ def test_backward_on_a_small_input():
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.stem[0].conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind, layer", [(False, nn.Identity), ("none", nn.Identity), (True, nn.ReLU),
+                                         ("relu", nn.ReLU), ("elu", nn.ELU)])
+def test_mid_activation_kinds_add_no_parameters(kind, layer):
+    """Fig. 10's three arms: nothing, ReLU or ELU between depthwise and pointwise; the count stays the hand count."""
+    model = create_model("xception", num_classes=10, width_mult=0.125, middle_blocks=2, mid_activation=kind)
+    mids = [m.mid_act for m in model.modules() if isinstance(m, SeparableConv2d)]
+    assert len(mids) == 34 - 3 * 6 and all(type(m) is layer for m in mids)
+    assert n_params(model) == xception_params(width_mult=0.125, middle_blocks=2, classes=10)
+
+
+def test_mid_activation_elu_is_not_relu_and_bad_kinds_are_named():
+    conv = SeparableConv2d(2, 2, mid_activation="elu")
+    x = -torch.ones(1, 2, 3, 3)
+    assert torch.allclose(conv.mid_act(x.clone()), torch.full_like(x, math.expm1(-1.0)))
+    with pytest.raises(ValueError, match="mid_activation must be"):
+        create_model("xception", mid_activation="gelu")

@@ -37,12 +37,14 @@ def build_dataset(
     n: int | None = None,
     seed: int = 0,
     augment: bool = True,
+    store: str | Path | None = None,
 ) -> Dataset:
     """The data set named by a ``--data`` spec, for ``split`` ("train", "val" or "test"):
 
     - ``synthetic`` or ``shapes``: :func:`make_synthetic` (``n`` samples, default 10,000 / 2,000; ``image_size``
       default 32; ``seed``); never augmented. ``synthetic:DIFFICULTY`` sets its difficulty: a preset of
       :data:`~analysis.data.difficulty.DIFFICULTIES`, knobs, or both (``synthetic:k100,label_noise=0.1``).
+      ``store``: a folder keeping the rendered pixels on disk, so a later run reads them instead of rendering.
     - ``cifar10:PATH``: :func:`load_cifar10`; "val" and "test" are CIFAR's test batch. Native 32 px, resized
       when ``image_size`` differs; ``augment`` adds random crop and flip to "train".
     - ``imagefolder:PATH``: :func:`load_image_folder` on ``PATH/<split>`` (``PATH/train``, ``PATH/val``); "train"
@@ -60,7 +62,7 @@ def build_dataset(
             "'imagefolder:PATH'"
         )
     if scheme in ("synthetic", "shapes"):
-        return make_synthetic(split, n, 32 if image_size is None else image_size, seed, difficulty=path)
+        return make_synthetic(split, n, 32 if image_size is None else image_size, seed, difficulty=path, store=store)
     if not path:
         raise ValueError(f"data spec {spec!r} needs a folder: '{scheme}:PATH'")
     if scheme == "cifar10":

@@ -5,8 +5,14 @@ clutter, generated from a seed (no files, no downloads). :class:`SyntheticShapes
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 from contextlib import contextmanager
+from dataclasses import fields
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -20,9 +26,13 @@ from analysis.data.difficulty import (
     class_names,
     parse_difficulty,
 )
+from analysis.data.tensors import ImageTensors
 from analysis.data.transforms import normalise
+from analysis.io import atomic_path
 
-__all__ = ["SPLITS", "SYNTHETIC_SIZE_RANGE", "SyntheticShapes", "check_split", "make_synthetic"]
+__all__ = ["SPLITS", "SYNTHETIC_SIZE_RANGE", "SyntheticShapes", "check_split", "make_synthetic", "store_key"]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SYNTHETIC_SIZE_RANGE = (32, 299)
@@ -293,6 +303,29 @@ def _one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=1)
+def _renderer_digest() -> str:
+    """A digest of the renderer's code (this module and the difficulty's): a change to either renders anew."""
+    from analysis.data import difficulty
+
+    sha = hashlib.sha256()
+    for module_file in (__file__, difficulty.__file__):
+        sha.update(Path(module_file).read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def store_key(n: int, image_size: int, seed: int, split: str, difficulty: str | Difficulty = "default") -> str:
+    """The file name under which a disk store keeps a split's rendered pixels: every parameter that changes the
+    images (``n``, ``image_size``, ``seed``, ``split``, the difficulty's knobs but its training label noise,
+    which changes labels only), the renderer's code and torch's version (its generators draw the scenes)."""
+    diff = parse_difficulty(difficulty)
+    knobs = {f.name: getattr(diff, f.name) for f in fields(diff) if f.name != "label_noise"}
+    ident = dict(n=int(n), image_size=int(image_size), seed=int(seed), split=check_split(split), difficulty=knobs,
+                 renderer=_renderer_digest(), torch=torch.__version__.split("+")[0])
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=list).encode()).hexdigest()[:20]
+    return f"synthetic-{split}-{n}x{image_size}px-{digest}.pt"
+
+
 class SyntheticShapes(Dataset):
     """The embedded default data set: ten shapes and textures drawn at random scale on clutter, with a
     difficulty knob (:class:`Difficulty`, or a preset name of :data:`DIFFICULTIES`).
@@ -315,6 +348,10 @@ class SyntheticShapes(Dataset):
     classes shown, except on the train split with ``label_noise``, where that share of them is replaced by
     another class. Images are quantised to 8 bits like real photographs, then scaled to [-1, 1]; small data
     sets (under 256 MiB as uint8) are rendered once up front, larger ones (e.g. at 299 px) on each access.
+
+    ``store``, a folder, keeps the rendered 8-bit pixels on disk (:func:`store_key` names the file): the set is
+    rendered once, whatever its size, and later builds, in any process, read it back (memory-mapped) instead of
+    rendering again, so the points of a sweep share one rendering.
     """
 
     def __init__(
@@ -327,6 +364,7 @@ class SyntheticShapes(Dataset):
         difficulty: str | Difficulty = "default",
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         cache: bool | None = None,
+        store: str | Path | None = None,
     ) -> None:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
@@ -344,10 +382,31 @@ class SyntheticShapes(Dataset):
         if cache is None:
             cache = n * 3 * image_size * image_size <= _CACHE_BYTES
         self._images: torch.Tensor | None = None
-        if cache:
-            self._images = torch.cat(
-                [self._render_uint8(torch.arange(i, min(i + _RENDER_CHUNK, n))) for i in range(0, n, _RENDER_CHUNK)]
-            )
+        if store is not None:
+            self._images = self._stored(Path(store))
+        elif cache:
+            self._images = self._render_all()
+
+    def _render_all(self) -> torch.Tensor:
+        return torch.cat([self._render_uint8(torch.arange(i, min(i + _RENDER_CHUNK, self.n)))
+                          for i in range(0, self.n, _RENDER_CHUNK)])
+
+    def _stored(self, folder: Path) -> torch.Tensor:
+        """The set's pixels from the disk store, rendered and written there (atomically) when absent or unreadable."""
+        path = folder / store_key(self.n, self.image_size, self.seed, self.split, self.difficulty)
+        shape = (self.n, 3, self.image_size, self.image_size)
+        if path.exists():
+            try:
+                images = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and tuple(images.shape) == shape:
+                    return images
+                log.warning("%s does not hold this set's pixels: rendering it again", path)
+            except Exception as err:  # a truncated or foreign file: render again and replace it
+                log.warning("cannot read %s (%s): rendering it again", path, type(err).__name__)
+        images = self._render_all()
+        with atomic_path(path) as tmp:
+            torch.save(images, tmp)
+        return images
 
     def __len__(self) -> int:
         return self.n
@@ -388,6 +447,13 @@ class SyntheticShapes(Dataset):
         """The whole set as ``(images, labels)`` tensors (no ``transform``), e.g. for a linear probe."""
         return self.images(), self.labels.clone()
 
+    def image_tensors(self) -> ImageTensors | None:
+        """The whole set as :class:`ImageTensors` (8-bit pixels, scaled per batch where they live) when its pixels
+        are held (rendered up front or from ``store``) and it has no ``transform``; otherwise None."""
+        if self._images is None or self.transform is not None:
+            return None
+        return ImageTensors(self._images, self.labels, self.classes)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} is out of range for {self.n} samples")
@@ -406,10 +472,11 @@ SYNTHETIC_DEFAULT_N = {"train": 10_000, "val": 2_000, "test": 2_000}
 
 
 def make_synthetic(split: str = "train", n: int | None = None, image_size: int = 32, seed: int = 0,
-                   difficulty: str | Difficulty = "default") -> SyntheticShapes:
+                   difficulty: str | Difficulty = "default", store: str | Path | None = None) -> SyntheticShapes:
     """The synthetic shapes split ``split`` ("train", "val" or "test"): ``n`` samples (default 10,000 for train,
     2,000 otherwise) at ``image_size`` pixels (32 to 299) and ``difficulty`` (a :class:`Difficulty`, a preset
-    name or a spec, :func:`parse_difficulty`). Splits are disjoint: each is its own seed stream."""
+    name or a spec, :func:`parse_difficulty`). Splits are disjoint: each is its own seed stream. ``store``: a
+    folder that keeps the rendered pixels on disk for the next build (:class:`SyntheticShapes`)."""
     check_split(split)
     return SyntheticShapes(SYNTHETIC_DEFAULT_N[split] if n is None else n, image_size, seed=seed, split=split,
-                           difficulty=difficulty)
+                           difficulty=difficulty, store=store)

@@ -114,6 +114,7 @@ def summarise_runs(results: pd.DataFrame, *, budget_key: str = "steps") -> pd.Da
         chance = 1.0 / num_classes(first)
         gate = learnability_gate(chance)
         val = run[run["split"] == "val"].sort_values("step")
+        # astype(bool): an empty mask (a run that diverged before its first evaluation) must select rows, not columns
         finite = val[pd.to_numeric(val["loss"], errors="coerce").map(math.isfinite).astype(bool)]
         train = run[run["split"] == "train"].sort_values("step")
         budget = float(first[budget_key])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,7 +31,8 @@ import torch
 
 from analysis.callbacks import Callback
 from analysis.data.difficulty import parse_difficulty
-from analysis.data.synthetic import make_synthetic
+from analysis.data.synthetic import SyntheticShapes
+from analysis.data.tensors import ImageTensors, decode
 from analysis.training.config import TrainConfig
 from analysis.training.init import initialise, share_weights
 from analysis.training.sweep import pending_points, point_id, read_results, run_sweep
@@ -41,9 +43,11 @@ __all__ = [
     "CHANCE",
     "CLASSES",
     "CPU_QUICK",
+    "DATA_CACHE_ENV",
     "GPU_FULL",
     "RECIPE_KEYS",
     "RESULTS_ROOT",
+    "SPEED",
     "TRAIN_KEYS",
     "CpuClock",
     "TrainOutcome",
@@ -51,6 +55,7 @@ __all__ = [
     "check_config",
     "default_results_dir",
     "num_classes",
+    "pixels",
     "run_points",
     "tensors",
     "threads",
@@ -66,8 +71,17 @@ RESULTS_ROOT = Path("runs") / "experiments"
 # Where a config's points run. "quick" on this 2-core CPU: two one-thread workers, each point in-process (a
 # worker renders the data once for all its points). "full" on a GPU: one point at a time, each in a process of
 # its own so a crash or an out-of-memory error costs one point.
-CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False)
-GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True)
+#
+# How fast a point trains: TrainConfig keys (:data:`TRAIN_KEYS`), so a point carrying them hands them to the
+# trainer. "auto" is decided per device (TrainConfig.resolved): bf16 autocast, channels_last, cuDNN benchmarking and
+# the 8-bit data resident on the GPU on CUDA (the full tier); all off on the CPU (quick and standard), whose results
+# stay bit for bit what they were. compile pays minutes of compilation per point (worth it for long points only);
+# the data are tensors on the device, so no loader workers. A point without these keys gets the same "auto" from
+# TrainConfig's defaults.
+SPEED: dict[str, Any] = dict(amp="auto", channels_last="auto", cudnn_benchmark="auto", data_on_device="auto",
+                             compile=False, num_workers=0)
+CPU_QUICK: dict[str, Any] = dict(device="cpu", threads=1, workers=2, isolate=False, **SPEED)
+GPU_FULL: dict[str, Any] = dict(device="auto", threads=0, workers=1, isolate=True, **SPEED)
 
 
 def check_config(name: str, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
@@ -87,12 +101,41 @@ def default_results_dir(name: str, mode: str, seed: int, root: str | Path = RESU
 
 
 # ==================================================================================================== running
-@lru_cache(maxsize=6)
+# A folder keeping the rendered synthetic sets on disk (8-bit pixels, :class:`analysis.data.synthetic.SyntheticShapes`'s
+# ``store``), read by every process of a sweep instead of rendering again: isolated points (the full tier) render
+# a set once, not once each. Where the data lives is no part of a point, so it is an environment setting.
+DATA_CACHE_ENV = "INCEPTION_LAB_DATA_CACHE"
+
+
+def pixels(split: str, n: int, image_size: int, seed: int = 0, difficulty: str = "default") -> ImageTensors:
+    """A synthetic shapes split as 8-bit :class:`~analysis.data.tensors.ImageTensors`, rendered once per process (or
+    once in all, read back from the folder :data:`DATA_CACHE_ENV` names): what the trainer moves onto a GPU whole
+    and scales a batch at a time there."""
+    return _pixels(str(split), int(n), int(image_size), int(seed), str(difficulty))
+
+
 def tensors(split: str, n: int, image_size: int, seed: int = 0,
             difficulty: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic shapes split as ``(images, labels)`` tensors, rendered once per process (``difficulty``: a
-    spec of :func:`analysis.data.difficulty.parse_difficulty`)."""
-    return make_synthetic(split, n, image_size, seed, difficulty=difficulty).tensors()
+    """A synthetic shapes split as float ``(images, labels)`` tensors in [-1, 1] (``difficulty``: a spec of
+    :func:`analysis.data.difficulty.parse_difficulty`): :func:`pixels` scaled, the same numbers as
+    ``make_synthetic(...).tensors()``."""
+    return _tensors(str(split), int(n), int(image_size), int(seed), str(difficulty))
+
+
+# Cached on every argument given in full, so ``tensors("val", n, s)`` and ``tensors("val", n, s, 0)`` share one entry.
+@lru_cache(maxsize=6)
+def _pixels(split: str, n: int, image_size: int, seed: int, difficulty: str) -> ImageTensors:
+    store = os.environ.get(DATA_CACHE_ENV) or None
+    held = SyntheticShapes(n, image_size, seed=seed, split=split, difficulty=difficulty, cache=True,
+                           store=store).image_tensors()
+    assert held is not None  # cache=True holds the pixels
+    return held
+
+
+@lru_cache(maxsize=6)
+def _tensors(split: str, n: int, image_size: int, seed: int, difficulty: str) -> tuple[torch.Tensor, torch.Tensor]:
+    held = _pixels(split, n, image_size, seed, difficulty)
+    return decode(held.images), held.labels.clone()
 
 
 def num_classes(point: Mapping[str, Any]) -> int:
@@ -267,14 +310,15 @@ def train_point(point: Mapping[str, Any], model: torch.nn.Module | str | None = 
     (:class:`analysis.training.trainer.TrainingDiverged`) is a result: it ends the run and sets ``diverged_step``.
     ``setup(trainer)`` runs after the trainer is built and before training (e.g. to replace its criterion)."""
     data = _point_data(point)
-    train = tensors("train", int(point["n_train"]), int(point["image_size"]), *data)
-    val = tensors(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
+    # 8-bit pixels to the trainer (on a GPU: resident there, scaled per batch); the same numbers as float tensors.
+    train = pixels("train", int(point["n_train"]), int(point["image_size"]), *data)
+    val = pixels(point.get("eval_split", "val"), int(point["n_val"]), int(point["image_size"]), *data)
     values = {k: point[k] for k in TRAIN_KEYS if k in point}
     if isinstance(values.get("aux_weight"), list):
         values["aux_weight"] = tuple(values["aux_weight"])
     if model is None:
         name = str(point["model"])
-        model = build_arm_model(point, train[0])
+        model = build_arm_model(point, tensors("train", int(point["n_train"]), int(point["image_size"]), *data)[0])
     elif isinstance(model, str):
         name = model
         values["model_kwargs"] = {"num_classes": num_classes(point), **(model_kwargs or {})}

@@ -182,11 +182,13 @@ def category_grid(frame: pd.DataFrame, *, x: str, y: str, category: str, categor
 @styled
 def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None = None, seed: str = "seed",
                title: str = "", xlabel: str | None = None, ylabel: str | None = None, logy: bool = False,
-               per_seed: bool = False, hlines: Mapping[str, float] | None = None, sharey: bool = False) -> Any:
+               per_seed: bool = False, hlines: Mapping[str, float] | None = None, sharey: bool = False,
+               legend_once: bool = False) -> Any:
     """The mean over seeds of ``y`` against ``x``, one line per ``hue`` (one panel per ``col``), with the min-max
     band over seeds shaded: the spread the verdicts compare effects against. ``per_seed`` draws every seed's own
     line instead (for an ``x`` such as time, whose values differ between seeds); ``hlines`` adds labelled
-    horizontal reference lines (e.g. a target accuracy); ``sharey`` one y scale for every panel. Renders only."""
+    horizontal reference lines (e.g. a target accuracy); ``sharey`` one y scale for every panel; ``legend_once``
+    one legend, in the first panel, instead of one per panel. Renders only."""
     data = frame.dropna(subset=[x, y])
     facets = [None] if col is None else list(dict.fromkeys(data[col]))
     hues = list(dict.fromkeys(data[hue]))
@@ -218,7 +220,8 @@ def band_lines(frame: pd.DataFrame, *, x: str, y: str, hue: str, col: str | None
         ax.set_title(title if facet is None else str(facet))
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)
-        ax.legend(title=hue, fontsize="small")
+        if not legend_once or ax is axes[0][0]:
+            ax.legend(title=hue, fontsize="small")
     if col is not None and title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AMP_MODES", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig"]
+__all__ = ["AMP_MODES", "AUTO", "AUTO_FIELDS", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
-AMP_MODES = (None, "bf16", "fp16")
+AUTO = "auto"
+AMP_MODES = (None, "bf16", "fp16", AUTO)
 DEVICES = ("auto", "cuda", "mps", "cpu")
+# The fields that take "auto", resolved per device by TrainConfig.resolved: what a fast GPU run needs, off on the
+# CPU (where bf16 autocast and channels_last are slower and nothing needs pinning).
+AUTO_FIELDS = ("amp", "channels_last", "cudnn_benchmark", "pin_memory", "data_on_device")
 
 # The papers' recipes. Values a paper does not state are marked and come from the reference training code.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -49,7 +53,28 @@ class TrainConfig:
     cross-entropy of every auxiliary head (a float, or one weight per head). ``rmsprop_*`` are the
     TensorFlow-style RMSProp's decay and epsilon (:class:`analysis.training.optim.RMSpropTF`). ``checkpoint_every`` (steps; a
     final checkpoint is always written when ``out_dir`` is set), ``eval_every`` (steps; also at the end) and
-    ``log_every`` (steps) are cadences. ``progress=None`` shows tqdm only on a terminal.
+    ``log_every`` (steps) are cadences: the trainer reads the loss from the device only on a logged,
+    checkpointed or evaluated step, so a NaN is caught there (and named by its step). ``progress=None`` shows
+    tqdm only on a terminal.
+
+    How fast it runs (none of these changes what is computed, except ``amp`` and ``compile`` in rounding):
+
+    * ``amp`` (``"bf16"``, ``"fp16"`` with a grad scaler, or None), ``channels_last``, ``compile``
+      (``torch.compile``), ``cudnn_benchmark`` (cuDNN picks the fastest kernels for the fixed shapes);
+    * the input pipeline: a tensor data set (an ``(inputs, targets)`` pair or
+      :class:`~analysis.data.tensors.ImageTensors`) is indexed where it lives; ``data_on_device`` moves it onto
+      the GPU first (uint8 images are scaled there), otherwise batches are gathered into ``pin_memory`` and
+      copied without blocking; other data sets load through ``num_workers`` worker processes;
+    * under DDP: ``sync_bn`` (batch-norm statistics over the global batch, not each rank's share: the BN
+      experiments then do not change with the number of GPUs; CUDA only).
+
+    ``"auto"`` (the default of ``amp``, ``channels_last``, ``cudnn_benchmark``, ``pin_memory`` and
+    ``data_on_device``) is decided per device by :meth:`resolved`: bf16 and channels_last on CUDA (bf16 where
+    the GPU has it), off on the CPU and MPS. ``deterministic`` asks for bit-reproducible kernels: cuDNN's
+    deterministic algorithms without benchmarking, ``torch.use_deterministic_algorithms`` and cuBLAS's fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, which must be set before the process first uses cuBLAS: the
+    trainer sets it when unset, a launcher should set it too). A resumed run equals the uninterrupted one bit for
+    bit on the CPU always, and on a GPU with ``deterministic=True`` (same GPU model, driver and torch).
     """
 
     model: str | None = None
@@ -60,6 +85,8 @@ class TrainConfig:
     batch_size: int | None = None
     eval_batch_size: int | None = None
     num_workers: int = 0
+    pin_memory: bool | str = AUTO
+    data_on_device: bool | str = AUTO
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -75,9 +102,12 @@ class TrainConfig:
     aux_weight: float | tuple[float, ...] = 0.3
     grad_clip: float | None = None
     device: str = "auto"
-    amp: str | None = None
-    channels_last: bool = False
+    amp: str | None = AUTO
+    channels_last: bool | str = AUTO
     compile: bool = False
+    cudnn_benchmark: bool | str = AUTO
+    deterministic: bool = False
+    sync_bn: bool = False
     seed: int = 0
     log_every: int = 10
     eval_every: int | None = None
@@ -109,6 +139,21 @@ class TrainConfig:
             out["aux_weight"] = list(self.aux_weight)
         return out
 
+    def resolved(self, device_type: str, *, bf16_supported: bool = True) -> "TrainConfig":
+        """This config with every ``"auto"`` of :data:`AUTO_FIELDS` decided for a device of ``device_type``
+        (``"cuda"``, ``"cpu"``, ``"mps"``): on CUDA bf16 autocast (None where the GPU has no bf16:
+        ``bf16_supported``), channels_last, pinned memory, the data on the device and cuDNN benchmarking (off
+        with ``deterministic``); on the CPU and MPS all off but the data "on the device" (it is where it is)."""
+        cuda = device_type == "cuda"
+        decided = {
+            "amp": "bf16" if cuda and bf16_supported else None,
+            "channels_last": cuda,
+            "cudnn_benchmark": cuda and not self.deterministic,
+            "pin_memory": cuda,
+            "data_on_device": True,
+        }
+        return replace(self, **{name: decided[name] for name in AUTO_FIELDS if getattr(self, name) == AUTO})
+
     def validate(self) -> None:
         """Raise a ``ValueError`` naming the first bad field and the values it takes."""
         if self.optimizer not in OPTIMIZERS:
@@ -116,7 +161,18 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} is not supported; use one of {SCHEDULES}")
         if self.amp not in AMP_MODES:
-            raise ValueError(f"amp={self.amp!r} is not supported; use None, 'bf16' or 'fp16'")
+            raise ValueError(f"amp={self.amp!r} is not supported; use None, 'bf16', 'fp16' or 'auto'")
+        for name in ("channels_last", "cudnn_benchmark", "pin_memory", "data_on_device"):
+            if getattr(self, name) not in (True, False, AUTO):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use True, False or 'auto'")
+        for name in ("compile", "deterministic", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; use True or False")
+        if self.deterministic and self.cudnn_benchmark is True:
+            raise ValueError("deterministic=True with cudnn_benchmark=True: benchmarking picks kernels by timing, "
+                             "which is not reproducible; leave cudnn_benchmark at 'auto' or False")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.device not in DEVICES and not str(self.device).startswith(("cuda:", "mps:")):
             raise ValueError(f"device={self.device!r} is not supported; use one of {DEVICES} or 'cuda:N'")
         if self.steps is None and self.epochs is None:

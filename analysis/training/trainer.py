@@ -8,29 +8,39 @@ auxiliary-loss weights, label smoothing, the papers' optimiser presets, resumabl
 
 The trainer takes a built model (ours, torchvision's, timm's or a user's) and seeds the global RNGs with
 ``config.seed`` (:func:`seed_everything`), so dropout masks follow from the seed whatever happened before.
-Design decisions that make a killed run resumable bit for bit (on the CPU):
+Design decisions that make a killed run resumable bit for bit (on the CPU; on a GPU with
+``deterministic=True``):
 
 * The data order is a pure function of ``(seed, epoch)`` (:mod:`analysis.training.sampling`); the trainer
-  builds its own loader around the map-style dataset for every epoch, so a resumed run skips the batches of
-  the current epoch that were already consumed instead of replaying a sampler.
+  gathers each batch by it (from tensors where they live, or through a loader built for every epoch), so a
+  resumed run skips the batches of the current epoch that were already consumed instead of replaying a sampler.
 * A checkpoint holds the model, optimiser, grad scaler, scheduler, the step, the RNG states (torch, CUDA,
   numpy, python; one set per DDP rank) and the data position; it is written atomically after a step whose
-  loss and parameters are finite, so a diverged state never overwrites the last good one
-  (:mod:`analysis.training.checkpoint`).
+  losses since the last read and parameters are finite, so a diverged state never overwrites the last good
+  one (:mod:`analysis.training.checkpoint`).
 * The metrics log (``metrics.jsonl``) is cut back to the checkpoint's step on resume, so the logged curve of
   a killed-and-resumed run is the curve of the uninterrupted run.
 * Loaders get their own ``torch.Generator`` so that building one never draws from the global RNG that dropout
   uses; evaluation runs under ``torch.random.fork_rng``.
 
+The GPU is never waited for between logged steps: the loss and accuracy of every step stay on the device
+and are read (and checked for NaN, naming the first bad step) only when a row is logged, a checkpoint written
+or the model evaluated; the gradient norm is read then too. A diverged run is therefore caught at the next
+such step, having trained on a few steps past its first NaN; its last good checkpoint is kept.
+
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the trainer joins the process group itself
-(gloo on the CPU, nccl on CUDA), wraps the model in ``DistributedDataParallel`` and gives each rank a
+(gloo on the CPU, NCCL and the local rank's GPU on CUDA: :func:`placement`), wraps the model in
+``DistributedDataParallel`` (BN layers made ``SyncBatchNorm`` with ``sync_bn``) and gives each rank a
 contiguous share of every global batch; ``batch_size`` is the global batch, so a run on N processes follows
 the same loss curve as one process (up to float summation order, and exactly so only for models without
-batch norm: BN statistics are per rank). Only rank 0 writes logs and checkpoints.
+batch norm or with ``sync_bn``: BN statistics are otherwise per rank). Only rank 0 writes logs and
+checkpoints. The trainer keeps the process group until :meth:`Trainer.close` (or the end of the process), so
+an ``evaluate()`` after ``fit()`` still reduces over every rank's shard.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -47,7 +57,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from analysis.io import atomic_write_text
 from analysis.training.checkpoint import (
@@ -64,9 +73,9 @@ from analysis.training.checkpoint import (
 from analysis.training.config import TrainConfig
 from analysis.training.loss import InceptionLoss, split_outputs
 from analysis.training.optim import lr_schedule, make_optimizer
-from analysis.training.sampling import DataSource, EvalShard, seed_for
+from analysis.training.sampling import DataSource, seed_for
 
-__all__ = ["Trainer", "TrainingDiverged", "seed_everything"]
+__all__ = ["Trainer", "TrainingDiverged", "placement", "seed_everything", "with_sync_bn"]
 
 log = logging.getLogger(__name__)
 
@@ -88,33 +97,100 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA device is available; use device='auto' or 'cpu'")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device='mps' but MPS is not available; use device='auto' or 'cpu'")
-    return torch.device(name)
+def placement(device: str, *, world_size: int, local_rank: int, cuda_available: bool,
+              mps_available: bool) -> tuple[torch.device, str | None]:
+    """Where this process trains, and the process-group backend to join (None for a single process).
+
+    A single process takes ``device`` as given (``"auto"``: CUDA, else MPS, else the CPU). Under ``torchrun``
+    (``world_size`` > 1) each process drives its local rank's GPU over NCCL: ``"auto"`` with CUDA, ``"cuda"``
+    and ``"cuda:N"`` alike (every process is given the same ``N``, so the local rank, not ``N``, picks the
+    GPU); without CUDA, or with ``"cpu"``, the processes run on the CPU over gloo. MPS has no DDP backend.
+    """
+    wants_cuda = device == "cuda" or device.startswith("cuda:")
+    if wants_cuda and not cuda_available:
+        raise ValueError(f"device={device!r} but no CUDA device is available; use device='auto' or 'cpu'")
+    if (device == "mps" or device.startswith("mps:")) and not mps_available:
+        raise ValueError(f"device={device!r} but MPS is not available; use device='auto' or 'cpu'")
+    if world_size > 1:
+        if device == "mps" or device.startswith("mps:"):
+            raise ValueError("DDP does not run on MPS (no process-group backend); use device='cpu' under torchrun")
+        if wants_cuda or (device == "auto" and cuda_available):
+            return torch.device("cuda", local_rank), "nccl"
+        return torch.device("cpu"), "gloo"
+    if device == "auto":
+        if cuda_available:
+            return torch.device("cuda", 0), None
+        return torch.device("mps" if mps_available else "cpu"), None
+    if device == "cuda":
+        return torch.device("cuda", 0), None
+    return torch.device(device), None
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def with_sync_bn(model: nn.Module, *, world_size: int, device: torch.device) -> nn.Module:
+    """``model`` with its batch-norm layers made ``SyncBatchNorm`` under DDP, so their statistics cover the global
+    batch rather than each rank's share (the BN experiments then do not change with the number of GPUs). The
+    state dict keeps its keys and values. One process has nothing to synchronise: the model is returned as is."""
+    if world_size == 1:
+        return model
+    if device.type != "cuda":
+        raise ValueError("sync_bn=True needs CUDA under DDP (PyTorch's SyncBatchNorm has no CPU kernel); "
+                         "set sync_bn=False on the CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+_OWNED_GROUP = False
+
+
+def _destroy_owned_group() -> None:
+    """At exit: leave a process group a trainer joined and nobody closed (NCCL warns otherwise)."""
+    global _OWNED_GROUP
+    if _OWNED_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED_GROUP = False
+
+
+class _Window:
+    """The losses and correct counts of the steps since the last read, kept on the device: one host read per
+    logged step instead of one per step (a read waits for the GPU to finish everything queued)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.losses: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
+        self.counts: list[int] = []
+
+    def add(self, step: int, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
+        self.steps.append(step)
+        self.losses.append(loss.float())
+        self.correct.append(correct.float())
+        self.counts.append(count)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
 
 
 class Trainer:
     """Train ``model``, a built network (the caller builds it, e.g. ``create_model(name, ...)`` after
     :func:`seed_everything`), with ``config``.
 
-    ``train_data``/``val_data``: a map-style ``Dataset`` of ``(image, label)``, a ``DataLoader`` over one (its
-    collate function, workers and batch size are kept, its sampler is replaced by the seeded order), or an
-    ``(inputs, targets)`` tensor pair. ``callbacks`` follow :mod:`analysis.callbacks`.
+    ``train_data``/``val_data``: an ``(inputs, targets)`` tensor pair or
+    :class:`~analysis.data.tensors.ImageTensors` (gathered a batch at a time where they live, on the GPU with
+    ``data_on_device``), a map-style ``Dataset``, or a ``DataLoader`` over one (its collate function, workers and
+    batch size are kept, its sampler is replaced by the seeded order). ``callbacks`` follow
+    :mod:`analysis.callbacks`. Use the trainer as a context manager, or call :meth:`close`, to leave a process
+    group it joined and restore the backend flags it set.
 
     Attributes for callbacks: ``model`` (the bare module, never the DDP/compiled wrapper), ``optimizer``,
     ``criterion``, ``device``, ``step`` (finished steps; during ``on_after_backward`` the steps finished before
-    this one), ``lr`` (the lr of the next optimiser step), ``epoch``, ``rank``, ``world_size``, ``history``.
+    this one), ``lr`` (the lr of the next optimiser step), ``epoch``, ``rank``, ``world_size``, ``history``,
+    ``config`` (its ``"auto"`` values decided for the device).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_data: Any, val_data: Any = None,
@@ -122,21 +198,32 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
-        self.config = config
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.callbacks = list(callbacks)
         self._owns_process_group = False
-        self.rank, self.world_size, local_rank = self._join_process_group()
-        self.device = _resolve_device(config.device, local_rank)
+        self._saved_flags: dict[str, Any] | None = None
+        self.rank, self.world_size, self.device = self._join_process_group(config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        bf16 = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
+        self.config = config.resolved(self.device.type, bf16_supported=bf16)
+        self._saved_flags = _set_backend_flags(self.config)
+        try:
+            self._build(model, train_data, val_data)
+        except BaseException:
+            self.close()
+            raise
 
-        self.train_source = DataSource.of(train_data, "train_data")
-        self.val_source = None if val_data is None else DataSource.of(val_data, "val_data")
+    def _build(self, model: nn.Module, train_data: Any, val_data: Any) -> None:
+        config = self.config
+        self.train_source = self._source(train_data, "train_data")
+        self.val_source = None if val_data is None else self._source(val_data, "val_data")
         self.batch_size = config.batch_size or self.train_source.batch_size or 32
         if self.batch_size % self.world_size:
             raise ValueError(f"batch_size {self.batch_size} (the global batch) is not divisible by the "
                              f"{self.world_size} processes; choose a multiple of {self.world_size}")
-        self.num_samples = len(self.train_source.dataset)
+        self.num_samples = len(self.train_source)
         self.steps_per_epoch = self.num_samples // self.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training set has {self.num_samples} samples, fewer than one batch of "
@@ -145,8 +232,8 @@ class Trainer:
                             else math.ceil(config.epochs * self.steps_per_epoch))
 
         seed_everything(config.seed)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if config.sync_bn:
+            model = with_sync_bn(model, world_size=self.world_size, device=self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.criterion = InceptionLoss(config.label_smoothing, config.aux_weight)
@@ -170,10 +257,19 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
+        self._stop_requested: str | None = None
         self._pending: dict[str, Any] = {}
+        self._window = _Window()
+        self._last_stats = (math.nan, math.nan)
+        self._since_row: list[Any] = [0.0, 0, 0.0, 0]  # loss sum, steps, correct, samples since the last row
+        self._grad_norm: torch.Tensor | None = None
         self._elapsed_before = 0.0
         self._last_checkpoint_step: int | None = None
         self._log_file = None
+
+    def _source(self, data: Any, what: str) -> DataSource:
+        return DataSource.of(data, what).place(self.device, on_device=bool(self.config.data_on_device),
+                                               pin_memory=bool(self.config.pin_memory))
 
     # -------------------------------------------------------------------------------- public protocol
     @property
@@ -193,25 +289,41 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / CHECKPOINT_FILE
 
     def log_metrics(self, values: dict[str, Any]) -> None:
-        """Add values to the current step's metrics row (called by callbacks)."""
-        self._pending.update({k: jsonable(v) for k, v in values.items()})
+        """Add values to the current step's metrics row (called by callbacks). A tensor is read when the row is
+        written. Under DDP the row waits for the next logged step (every rank writes its rows in step)."""
+        self._pending.update(values)
 
     def request_stop(self, reason: str) -> None:
-        """Stop after the current step, writing a checkpoint (called by callbacks)."""
-        self.stop_reason = str(reason)
+        """Stop after the current step, writing a checkpoint (called by callbacks). Under DDP the ranks agree
+        on a stop at the next logged or checkpointed step, and stop there together."""
+        self._stop_requested = str(reason)
+        if self.world_size == 1:
+            self.stop_reason = self._stop_requested
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined and restore the backend flags it set (cuDNN,
+        determinism). The trainer still trains and evaluates in one process afterwards, not across ranks."""
+        if self._owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_process_group = False
+        if self._saved_flags is not None:
+            _restore_backend_flags(self._saved_flags)
+            self._saved_flags = None
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -------------------------------------------------------------------------------------- training
     def fit(self) -> pd.DataFrame:
         """Train to ``total_steps`` (or an early stop) and return the metrics log as a DataFrame.
 
-        Raises :class:`TrainingDiverged` at the first step with a NaN or infinite loss; the last good
-        checkpoint stays on disk.
+        Raises :class:`TrainingDiverged` naming the first step with a NaN or infinite loss (found at the next
+        logged, checkpointed or evaluated step); the last good checkpoint stays on disk.
         """
-        try:
-            self._start_run()
-        except BaseException:
-            self._leave_process_group()
-            raise
+        self._start_run()
         self._t0 = time.perf_counter()
         bar = self._progress_bar()
         self.forward_model.train()
@@ -219,7 +331,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_start(self)
             while self.step < self.total_steps and self.stop_reason is None:
-                for batch in self._epoch_loader(self.epoch, self.step % self.steps_per_epoch):
+                for batch in self.train_source.epoch_batches(
+                        self.batch_size, self.config.seed, self.epoch, self.step % self.steps_per_epoch,
+                        rank=self.rank, world_size=self.world_size, num_workers=self.config.num_workers):
                     self._train_step(batch, bar)
                     if self.step >= self.total_steps or self.stop_reason is not None:
                         break
@@ -237,13 +351,12 @@ class Trainer:
                 if self._pending:
                     self._write_row({"split": "end", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                                      **self._pending})
-                    self._pending = {}
+                self._pending = {}
             finally:
                 bar.close()
                 if self._log_file is not None:
                     self._log_file.close()
                     self._log_file = None
-                self._leave_process_group()
         return pd.DataFrame(self.history)
 
     def _train_step(self, batch: Any, bar: Any) -> None:
@@ -253,10 +366,8 @@ class Trainer:
             outputs = self.forward_model(inputs)
             loss = self.criterion(outputs, targets)
         logits, _ = split_outputs(outputs)
-        correct = (logits.detach().argmax(1) == targets).sum()
-        mean_loss, accuracy = self._reduce(loss.detach(), correct, targets.numel())
-        if not math.isfinite(mean_loss):
-            raise self._diverged(self.step + 1, f"the loss is {mean_loss}")
+        detached = loss.detach()
+        self._window.add(self.step + 1, detached, (logits.detach().argmax(1) == targets).sum(), targets.numel())
 
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -264,66 +375,107 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)  # callbacks and clipping see the true gradients
         else:
             loss.backward()
-        detached = loss.detach()
         for cb in self.callbacks:
             cb.on_after_backward(self, (inputs, targets), detached)
-        grad_norm = None
         if self.config.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip))
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # (reads the scaler's inf check from the GPU: fp16 costs a sync)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-
         for cb in self.callbacks:
             cb.on_step_end(self, (inputs, targets), detached)
-        if self.world_size > 1:
-            flag = torch.tensor([1.0 if self.stop_reason is not None else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() and self.stop_reason is None:
-                self.stop_reason = "stop requested on another rank"
 
-        last = self.step >= self.total_steps or self.stop_reason is not None
-        if self.step % self.config.log_every == 0 or self._pending or last:
-            row = {"split": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
-                   "loss": mean_loss, "accuracy": accuracy, "lr": lr, "time": self._elapsed()}
-            if grad_norm is not None:
-                row["grad_norm"] = grad_norm
-            if self.scaler is not None:
-                row["loss_scale"] = float(self.scaler.get_scale())
-            self._write_row({**row, **self._pending})
-            self._pending = {}
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+        cfg = self.config
+        eval_now = self.val_source is not None and bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+        checkpoint_now = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
+        log_now = self.step % cfg.log_every == 0 or self.step >= self.total_steps
+        if self.world_size == 1:  # a callback's metrics or a stop get their row at once
+            log_now = log_now or bool(self._pending) or self.stop_reason is not None
+        if log_now or eval_now or checkpoint_now:  # under DDP a pure function of the step: every rank reads here
+            self._read_window()
+            if log_now or self.stop_reason is not None or self._pending:
+                self._log_train(lr, bar)
         bar.update(1)
-        if self.val_source is not None and self.config.eval_every and self.step % self.config.eval_every == 0:
+        if eval_now:
             self._log_eval()
-        if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+        if checkpoint_now:
             self._save_checkpoint()
+
+    def _read_window(self) -> None:
+        """Read the losses and correct counts of the steps since the last read from the device (one wait for
+        the GPU), reduced over the ranks together with their stop requests; raise :class:`TrainingDiverged`
+        naming the first step whose loss is not finite."""
+        window = self._window
+        if not window:
+            return
+        k = len(window)
+        parts = [torch.stack(window.losses), torch.stack(window.correct)]
+        if self.world_size > 1:
+            parts.append(torch.tensor([1.0 if self._stop_requested else 0.0], device=parts[0].device))
+        packed = torch.cat(parts)
+        if self.world_size > 1:
+            dist.all_reduce(packed)
+        values = packed.tolist()
+        loss_values = [v / self.world_size for v in values[:k]]
+        correct_values = values[k:2 * k]
+        if self.world_size > 1 and values[-1] > 0 and self.stop_reason is None:
+            self.stop_reason = self._stop_requested or "stop requested on another rank"
+        counts = [count * self.world_size for count in window.counts]
+        steps = list(window.steps)
+        window.clear()
+        for step, value in zip(steps, loss_values):
+            if not math.isfinite(value):
+                raise self._diverged(step, f"the loss is {value}")
+        self._last_stats = (loss_values[-1], correct_values[-1] / counts[-1])
+        since = self._since_row
+        since[0] += sum(loss_values)
+        since[1] += len(loss_values)
+        since[2] += sum(correct_values)
+        since[3] += sum(counts)
+
+    def _log_train(self, lr: float, bar: Any) -> None:
+        """The training row of this step: its loss and accuracy, their means over the steps since the last
+        training row (``loss_mean``, ``accuracy_mean``), the lr, the gradient norm and the callbacks' metrics."""
+        loss, accuracy = self._last_stats
+        loss_sum, steps, correct, samples = self._since_row
+        row: dict[str, Any] = {"split": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                               "loss": loss, "accuracy": accuracy, "loss_mean": loss_sum / max(steps, 1),
+                               "accuracy_mean": correct / max(samples, 1), "lr": lr, "time": self._elapsed()}
+        self._since_row = [0.0, 0, 0.0, 0]
+        if self._grad_norm is not None:
+            row["grad_norm"] = self._grad_norm
+        if self.scaler is not None:
+            row["loss_scale"] = self.scaler.get_scale()
+        self._write_row({**row, **self._pending})
+        self._pending = {}
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
 
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
         """Mean plain cross-entropy (no smoothing, main head only) and top-1 accuracy on ``data`` (or val_data).
 
         Runs in eval mode (BN running statistics, no dropout) and restores the train/eval mode and the RNG.
-        Under DDP each rank evaluates a shard and the sums are reduced.
+        Under DDP each rank evaluates a shard and the sums are reduced; after :meth:`close` (no process group)
+        each rank evaluates the whole set.
         """
-        source = self.val_source if data is None else DataSource.of(data, "data")
+        source = self.val_source if data is None else self._source(data, "data")
         if source is None:
             raise ValueError("evaluate() needs data: pass it, or give val_data to the Trainer")
+        sharded = self.world_size > 1 and dist.is_initialized()
+        rank, world = (self.rank, self.world_size) if sharded else (0, 1)
         was_training = self.forward_model.training
         batch_size = self.config.eval_batch_size or source.batch_size or self.batch_size
-        loader = source.loader(
-            dict(sampler=EvalShard(len(source.dataset), self.rank, self.world_size), batch_size=batch_size),
-            seed_for(self.config.seed, 7, self.rank), self.config.num_workers)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             self.forward_model.eval()
             try:
-                for batch in loader:
+                for batch in source.eval_batches(batch_size, rank=rank, world_size=world, seed=self.config.seed,
+                                                 num_workers=self.config.num_workers):
                     inputs, targets = self._to_device(batch)
                     with self._autocast():
                         logits, _ = split_outputs(self.forward_model(inputs))
@@ -332,29 +484,32 @@ class Trainer:
                     totals[2] += targets.numel()
             finally:
                 self.forward_model.train(was_training)
-        if self.world_size > 1 and dist.is_initialized():  # after fit() left the group, a rank sees its shard
+        if sharded:
             dist.all_reduce(totals)
-        n = max(float(totals[2]), 1.0)
-        return {"loss": float(totals[0]) / n, "accuracy": float(totals[1]) / n, "samples": int(totals[2])}
+        loss_sum, correct, samples = totals.tolist()
+        n = max(samples, 1.0)
+        return {"loss": loss_sum / n, "accuracy": correct / n, "samples": int(samples)}
 
     # ------------------------------------------------------------------------------------ internals
-    def _join_process_group(self) -> tuple[int, int, int]:
+    def _join_process_group(self, device: str) -> tuple[int, int, torch.device]:
+        """(rank, world size, device): under ``torchrun`` join the group :func:`placement` names (unless the
+        caller already did), and keep it until :meth:`close`."""
+        global _OWNED_GROUP
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return 0, 1, 0
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        target, backend = placement(device, world_size=world, local_rank=local_rank,
+                                    cuda_available=torch.cuda.is_available(), mps_available=_mps_available())
+        if backend is None:
+            return 0, 1, target
         if not dist.is_initialized():
-            use_cuda = self.config.device in ("auto", "cuda") and torch.cuda.is_available()
-            if use_cuda:
-                torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            if target.type == "cuda":
+                torch.cuda.set_device(target)
+            dist.init_process_group(backend=backend)
             self._owns_process_group = True
-        return dist.get_rank(), dist.get_world_size(), local_rank
-
-    def _leave_process_group(self) -> None:
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self._owns_process_group = False
+            if not _OWNED_GROUP:
+                atexit.register(_destroy_owned_group)
+            _OWNED_GROUP = True
+        return dist.get_rank(), dist.get_world_size(), target
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -371,17 +526,6 @@ class Trainer:
             inputs = inputs.contiguous(memory_format=self.memory_format)
         return inputs, targets.to(self.device, non_blocking=non_blocking)
 
-    def _epoch_loader(self, epoch: int, start: int) -> DataLoader:
-        return self.train_source.epoch_loader(self.batch_size, self.config.seed, epoch, start, rank=self.rank,
-                                              world_size=self.world_size, num_workers=self.config.num_workers)
-
-    def _reduce(self, loss: torch.Tensor, correct: torch.Tensor, count: int) -> tuple[float, float]:
-        if self.world_size == 1:
-            return float(loss), float(correct) / count
-        stats = torch.stack([loss.float(), correct.float(), torch.tensor(float(count), device=loss.device)])
-        dist.all_reduce(stats)
-        return float(stats[0]) / self.world_size, float(stats[1]) / float(stats[2])
-
     def _elapsed(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._t0
 
@@ -393,12 +537,14 @@ class Trainer:
                     desc=self.config.model or type(self.model).__name__, unit="step", dynamic_ncols=True)
 
     def _log_eval(self) -> None:
+        self._read_window()  # a NaN before the evaluation is named by its step, not by the evaluation
         metrics = self.evaluate()
         self._last_eval_step = self.step
         self._write_row({"split": "val", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                          "loss": metrics["loss"], "accuracy": metrics["accuracy"], "time": self._elapsed()})
 
     def _write_row(self, row: dict[str, Any]) -> None:
+        row = {k: jsonable(v) for k, v in row.items()}
         self.history.append(row)
         if self._log_file is not None:
             self._log_file.write(json.dumps(row) + "\n")
@@ -412,14 +558,32 @@ class Trainer:
                   "or use amp='bf16' rather than 'fp16', then resume.", self.checkpoint_path)
 
     # ------------------------------------------------------------------------- checkpoint and resume
+    def _checkpoint_to_resume(self) -> bool:
+        """Whether to resume: rank 0's answer, which every rank gets; a rank that cannot see the checkpoint
+        rank 0 found (no shared file system) makes every rank raise the same error."""
+        if not self.config.resume or self.checkpoint_path is None:
+            return False
+        here = self.checkpoint_path.exists()
+        if self.world_size == 1 or not dist.is_initialized():
+            return here
+        answer = [here]
+        dist.broadcast_object_list(answer, src=0)
+        missing = torch.tensor([1.0 if answer[0] and not here else 0.0], device=self.device)
+        dist.all_reduce(missing)
+        if float(missing) > 0:
+            raise FileNotFoundError(
+                f"rank 0 found {self.checkpoint_path} to resume from but {int(float(missing))} rank(s) cannot see "
+                "it: give out_dir on a file system every node shares")
+        return bool(answer[0])
+
     def _start_run(self) -> None:
         self._last_eval_step = -1
         if self.out_dir is None:
             return
         metrics_path = self.out_dir / METRICS_FILE
         state = None
-        if self.config.resume and self.checkpoint_path.exists():
-            state = load_checkpoint(self.checkpoint_path)
+        if self._checkpoint_to_resume():
+            state = load_checkpoint(self.checkpoint_path)  # type: ignore[arg-type]
             self._restore(state)
         elif self.config.resume and self.is_main:
             log.info("resume=True but %s holds no checkpoint: starting afresh", self.out_dir)
@@ -460,7 +624,10 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        self._read_window()  # the losses since the last read are finite, or this raises naming the step
+        params = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist() if params else []
+        bad = [name for (name, _), ok in zip(params, finite) if not ok]
         if bad:
             raise self._diverged(self.step, f"parameter {bad[0]} is not finite ({len(bad)} parameters are not)")
         rng = rng_state(self.device)
@@ -488,3 +655,36 @@ class Trainer:
             }
             save_checkpoint(self.checkpoint_path, state)
         self._last_checkpoint_step = self.step
+
+
+# ---------------------------------------------------------------------------------------- backend flags
+def _set_backend_flags(config: TrainConfig) -> dict[str, Any]:
+    """Apply ``cudnn_benchmark`` and ``deterministic`` (process-wide settings) and return what they replaced.
+
+    Determinism: cuDNN's deterministic algorithms without benchmarking, ``torch.use_deterministic_algorithms``
+    (an op without a deterministic kernel then raises instead of silently varying) and cuBLAS's fixed
+    workspace, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, set here when unset (it takes effect only if cuBLAS was
+    not used yet in the process: a launcher should set it in the environment). The zoo's global average pool,
+    ``AdaptiveAvgPool2d(1)``, runs as a mean over H and W (PyTorch's own fast path for a 1 x 1 output), whose
+    backward is deterministic; the CUDA kernel of other output sizes is not.
+    """
+    saved = {"benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
+             "algorithms": torch.are_deterministic_algorithms_enabled(),
+             "algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+             "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    torch.backends.cudnn.benchmark = bool(config.cudnn_benchmark) and not config.deterministic
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+    return saved
+
+
+def _restore_backend_flags(saved: dict[str, Any]) -> None:
+    torch.backends.cudnn.benchmark = saved["benchmark"]
+    torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
+    torch.use_deterministic_algorithms(saved["algorithms"], warn_only=saved["algorithms_warn_only"])
+    if saved["cublas"] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas"]
