@@ -214,3 +214,20 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = exit_.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def ramp_log(point_id: str, *, top: float, steps: int, eval_every: int, cpu_per_step: float = 0.1,
+             chance: float = 0.1, **fields: object) -> "pd.DataFrame":
+    """The training log of a made-up run, as an experiment's ``run`` returns it: validation accuracy rising in a
+    straight line from ``chance`` at step 0 to ``top`` at ``steps``, evaluated every ``eval_every`` steps, with a
+    training row (``cpu_s`` = ``cpu_per_step`` x step) at every evaluation; ``fields`` (stage, arm, seed, lr,
+    steps, difficulty, ...) on every row. The area under its validation curve is ``(chance + top) / 2``."""
+    import pandas as pd
+
+    rows = []
+    for step in range(eval_every, steps + 1, eval_every):
+        accuracy = chance + (top - chance) * step / steps
+        rows.append({"split": "train", "step": step, "loss": 2.0 - step / steps, "accuracy": accuracy,
+                     "cpu_s": cpu_per_step * step})
+        rows.append({"split": "val", "step": step, "loss": 1.0, "accuracy": accuracy, "cpu_s": cpu_per_step * step})
+    return pd.DataFrame(rows).assign(point_id=point_id, steps=steps, diverged=False, diverged_step=None, **fields)

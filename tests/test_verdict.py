@@ -155,3 +155,11 @@ def test_kaplan_meier_median_by_hand():
     assert km_median([math.nan, math.nan], 500) == math.inf
     assert km_median([40, 10, 30, 20], 500) == 20
     assert reached([100, math.nan, 300]) == "reached in 2/3 seeds"
+
+
+def test_steps_to_target_is_the_first_evaluation_at_the_target_and_nan_when_censored():
+    from analysis.experiments.verdict import steps_to_target
+
+    curve = pd.DataFrame({"step": [30, 10, 20], "accuracy": [0.5, 0.1, 0.31]})  # out of order on purpose
+    assert steps_to_target(curve, 0.3) == 20.0
+    assert math.isnan(steps_to_target(curve, 0.9))  # not reached within the budget: censored, not the budget

@@ -19,10 +19,11 @@ cancels what the seed alone decides. The protocol, in the order it is applied:
 5. **Verdict**, exactly one of: ``supports`` (the interval excludes 0 on the paper's side), ``contradicts``
    (it excludes 0 on the other side), ``no effect detected`` (it contains 0), ``not tested`` (the gate).
 
-Times to a target are censored when a run does not get there within its budget: :func:`reached` says "reached
-in k/n seeds", :func:`km_median` gives the Kaplan-Meier median (``scipy.stats.ecdf`` on right-censored data),
-and the paired comparison uses a censoring-free measure instead, the area under the validation-accuracy curve
-(:func:`curve_area`), never the budget substituted for a missing time.
+Times to a target (:func:`steps_to_target`) are censored when a run does not get there within its budget:
+:func:`reached` says "reached in k/n seeds", :func:`km_median` gives the Kaplan-Meier median
+(``scipy.stats.ecdf`` on right-censored data), and the paired comparison uses a censoring-free measure instead,
+the area under the validation-accuracy curve (:func:`curve_area`), never the budget substituted for a missing
+time.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "curve_area",
     "km_median",
     "reached",
+    "steps_to_target",
     "CLAIM_COLUMNS",
     "Claim",
 ]
@@ -270,6 +272,15 @@ def curve_area(curve: pd.DataFrame, budget: float, *, step: str = "step", value:
     if xs[-1] < budget:
         xs, ys = np.append(xs, budget), np.append(ys, ys[-1])
     return float(np.trapezoid(ys, xs) / (budget - start))
+
+
+def steps_to_target(curve: pd.DataFrame, target: float, *, step: str = "step", value: str = "accuracy") -> float:
+    """The first ``step`` of ``curve`` at which ``value`` >= ``target``; NaN when the run never got there within
+    its budget (a censored time: give it to :func:`reached` and :func:`km_median`, never a number in its place).
+    Pass only the rows that count (a diverged network's evaluations, NaN loss and class-0 accuracy, do not)."""
+    ordered = curve.sort_values(step, kind="stable")
+    hit = ordered.loc[pd.to_numeric(ordered[value], errors="coerce") >= target, step]
+    return float(hit.iloc[0]) if len(hit) else math.nan
 
 
 def reached(steps: Iterable[float]) -> str:
