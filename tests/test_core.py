@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.io import atomic_path, atomic_write_text
-from analysis.report.tables import FORMATS, render, write_table
+from analysis.report.tables import FORMATS, Column, render, write_table
 from inception_models import create_model, list_models, model_info
 from inception_models.layers import ConvNormAct, check_input, conv_nxn, conv_stacked, residual_scales, scale_width
 
@@ -96,6 +96,14 @@ def test_render_formats():
     with pytest.raises(ValueError, match="unknown format"):
         render(FRAME, "xlsx")
     assert set(FORMATS) == {"table", "csv", "json", "markdown", "latex"}
+
+
+def test_a_display_header_used_twice_is_refused():
+    # Two columns under one header would show only the second: the first would vanish from the table unseen.
+    columns = {"model": Column("Where"), "params": Column("Where")}
+    with pytest.raises(ValueError, match=r"\['Where'\] are used by more than one column"):
+        render(FRAME, "markdown", columns=columns)
+    assert "| Where " in render(FRAME, "markdown", columns={"model": Column("Where"), "params": Column("Params")})
 
 
 def test_write_table_writes_three_files(tmp_path):

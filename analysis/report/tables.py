@@ -84,6 +84,10 @@ def _spec_frame(df: pd.DataFrame, columns: Mapping[str, Column]) -> tuple[pd.Dat
                for needed in (name, col.spread, *(col.interval or ())) if needed and needed not in df]
     if missing:
         raise KeyError(f"display columns {sorted(set(missing))} are not in the frame (columns: {list(df.columns)})")
+    headers = [col.header for col in columns.values()]
+    repeated = sorted({h for h in headers if headers.count(h) > 1})
+    if repeated:  # one header per shown column: a repeated one would silently hide a column
+        raise ValueError(f"display headers {repeated} are used by more than one column; give each its own header")
     shown, best = {}, {}
     for name, col in columns.items():
         cells = []

@@ -37,8 +37,9 @@ SUMMARY_COLUMNS = {
     "model": Column("Model"), "input": Column("Input (px)"), "blocks": Column("Blocks"),
     "first_block": Column("After the first layer (K values)", digits=0, scale=1e-3),
     "last_map": Column("Last feature map (K values)", digits=0, scale=1e-3),
-    "largest_drop": Column("Largest one-step drop (x)", digits=2), "at": Column("At"),
-    "largest_drop_in_body": Column("Largest drop after the stem (x)", digits=2), "at_in_body": Column("At"),
+    "largest_drop": Column("Largest one-step drop (x)", digits=2), "at": Column("Where"),
+    "largest_drop_in_body": Column("Largest drop after the stem (x)", digits=2),
+    "at_in_body": Column("Where, after the stem"),
 }
 FIGURE_MODELS = ("googlenet", "bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2", "xception")
 
