@@ -187,7 +187,7 @@ def section(mode: str, seed: int, results_root: str | Path = RESULTS_ROOT) -> Se
         tables.append(Table("smoothness_tuning", "Learning-rate tuning: final accuracy on the held-out split per "
                             "network and rate (one run each, tuning seed)",
                             tune.assign(arm=tune["arm"].map(lambda a: LABELS.get(a, a))), columns=TUNING_COLUMNS,
-                            notes=[f"{config['steps']} plain-SGD steps at a constant rate; the chosen rate is each "
+                            notes=[f"{config['steps']} SGD steps (momentum {config['momentum']:g}) at a constant rate; the chosen rate is each "
                                    "network's best; a tie goes to the smaller rate"]))
     tables += [
         Table("smoothness_summary", "Santurkar's measures per network and rate setting: mean over seeds [95% t "
