@@ -146,8 +146,11 @@ def test_branch_kernel(kernel: int, stages: tuple[int, ...]) -> None:
 
 def test_branch_kernel_default_is_the_paper_network() -> None:
     assert n_params(create_model("small_inception", branch_kernel=3)) == PARAMS_BN
-    for bad in (4, 1, 2.0, True):
+    for bad in (4, 1):
         with pytest.raises(ValueError, match="branch_kernel must be an odd int"):
+            create_model("small_inception", branch_kernel=bad)
+    for bad in (3.0, True):  # the knob's type is checked first, naming the knob and the type it takes
+        with pytest.raises(TypeError, match="knob branch_kernel takes int"):
             create_model("small_inception", branch_kernel=bad)
 
 

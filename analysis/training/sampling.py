@@ -194,6 +194,9 @@ class TensorSource(DataSource):
 
     @property
     def dataset(self) -> Dataset:  # type: ignore[override]
+        """The samples as a map-style data set, as the model sees them: 8-bit images scaled per sample."""
+        if self.inputs.dtype == torch.uint8:
+            return ImageTensors(self.inputs, self.targets)
         return TensorDataset(self.inputs, self.targets)
 
     def __len__(self) -> int:
