@@ -31,6 +31,11 @@ _PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{longtable}
 \usepackage{graphicx}
 \usepackage[hidelinks]{hyperref}
+\usepackage{etoolbox}
+% Tables set a size smaller than the text, so the wide ones (the zoo, the per-arm tables) keep inside the margins.
+\AtBeginEnvironment{tabular}{\footnotesize}
+\AtBeginEnvironment{longtable}{\footnotesize}
+\setlength{\tabcolsep}{4pt}
 \setlength{\LTcapwidth}{\textwidth}
 \title{Inception Lab report}
 \date{}
