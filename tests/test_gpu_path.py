@@ -24,13 +24,15 @@ from analysis.callbacks import Callback
 from analysis.data.synthetic import SyntheticShapes, store_key
 from analysis.data.tensors import ImageTensors
 from analysis.experiments.norm_variants import BatchNormNoise
+from analysis.training import placement as placement_module
 from analysis.training import trainer as trainer_module
 from analysis.training.audit import HostReads, audit_steps
 from analysis.training.checkpoint import load_checkpoint
 from analysis.training.config import TrainConfig
 from analysis.training.optim import RMSpropTF
+from analysis.training.placement import placement, with_sync_bn
 from analysis.training.sampling import DataSource, LoaderSource, TensorSource
-from analysis.training.trainer import Trainer, TrainingDiverged, placement, with_sync_bn
+from analysis.training.trainer import Trainer, TrainingDiverged
 from inception_models import create_model, list_models, model_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -274,7 +276,7 @@ def test_cuda_n_under_torchrun_joins_nccl_on_the_local_rank(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(trainer_module, "_OWNED_GROUP", True)  # no exit hook from a test
+    monkeypatch.setattr(placement_module, "_OWNED_GROUP", True)  # no exit hook from a test
     fake = SimpleNamespace(_owns_process_group=False)
     rank, world, device = Trainer._join_process_group(fake, "cuda:0")  # type: ignore[arg-type]
     assert (rank, world, str(device)) == (1, 2, "cuda:1")

@@ -29,7 +29,7 @@ or the model evaluated; the gradient norm is read then too. A diverged run is th
 such step, having trained on a few steps past its first NaN; its last good checkpoint is kept.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the trainer joins the process group itself
-(gloo on the CPU, NCCL and the local rank's GPU on CUDA: :func:`placement`), wraps the model in
+(gloo on the CPU, NCCL and the local rank's GPU on CUDA: :func:`analysis.training.placement.placement`), wraps the model in
 ``DistributedDataParallel`` (BN layers made ``SyncBatchNorm`` with ``sync_bn``) and gives each rank a
 contiguous share of every global batch; ``batch_size`` is the global batch, so a run on N processes follows
 the same loss curve as one process (up to float summation order, and exactly so only for models without
@@ -40,11 +40,9 @@ an ``evaluate()`` after ``fit()`` still reduces over every rank's shard.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -73,9 +71,10 @@ from analysis.training.checkpoint import (
 from analysis.training.config import TrainConfig
 from analysis.training.loss import InceptionLoss, split_outputs
 from analysis.training.optim import lr_schedule, make_optimizer
+from analysis.training.placement import join_process_group, restore_backend_flags, set_backend_flags, with_sync_bn
 from analysis.training.sampling import DataSource, seed_for
 
-__all__ = ["Trainer", "TrainingDiverged", "placement", "seed_everything", "with_sync_bn"]
+__all__ = ["Trainer", "TrainingDiverged", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -95,62 +94,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def placement(device: str, *, world_size: int, local_rank: int, cuda_available: bool,
-              mps_available: bool) -> tuple[torch.device, str | None]:
-    """Where this process trains, and the process-group backend to join (None for a single process).
-
-    A single process takes ``device`` as given (``"auto"``: CUDA, else MPS, else the CPU). Under ``torchrun``
-    (``world_size`` > 1) each process drives its local rank's GPU over NCCL: ``"auto"`` with CUDA, ``"cuda"``
-    and ``"cuda:N"`` alike (every process is given the same ``N``, so the local rank, not ``N``, picks the
-    GPU); without CUDA, or with ``"cpu"``, the processes run on the CPU over gloo. MPS has no DDP backend.
-    """
-    wants_cuda = device == "cuda" or device.startswith("cuda:")
-    if wants_cuda and not cuda_available:
-        raise ValueError(f"device={device!r} but no CUDA device is available; use device='auto' or 'cpu'")
-    if (device == "mps" or device.startswith("mps:")) and not mps_available:
-        raise ValueError(f"device={device!r} but MPS is not available; use device='auto' or 'cpu'")
-    if world_size > 1:
-        if device == "mps" or device.startswith("mps:"):
-            raise ValueError("DDP does not run on MPS (no process-group backend); use device='cpu' under torchrun")
-        if wants_cuda or (device == "auto" and cuda_available):
-            return torch.device("cuda", local_rank), "nccl"
-        return torch.device("cpu"), "gloo"
-    if device == "auto":
-        if cuda_available:
-            return torch.device("cuda", 0), None
-        return torch.device("mps" if mps_available else "cpu"), None
-    if device == "cuda":
-        return torch.device("cuda", 0), None
-    return torch.device(device), None
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def with_sync_bn(model: nn.Module, *, world_size: int, device: torch.device) -> nn.Module:
-    """``model`` with its batch-norm layers made ``SyncBatchNorm`` under DDP, so their statistics cover the global
-    batch rather than each rank's share (the BN experiments then do not change with the number of GPUs). The
-    state dict keeps its keys and values. One process has nothing to synchronise: the model is returned as is."""
-    if world_size == 1:
-        return model
-    if device.type != "cuda":
-        raise ValueError("sync_bn=True needs CUDA under DDP (PyTorch's SyncBatchNorm has no CPU kernel); "
-                         "set sync_bn=False on the CPU")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-_OWNED_GROUP = False
-
-
-def _destroy_owned_group() -> None:
-    """At exit: leave a process group a trainer joined and nobody closed (NCCL warns otherwise)."""
-    global _OWNED_GROUP
-    if _OWNED_GROUP and dist.is_initialized():
-        dist.destroy_process_group()
-    _OWNED_GROUP = False
 
 
 class _Window:
@@ -208,7 +151,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         bf16 = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
         self.config = config.resolved(self.device.type, bf16_supported=bf16)
-        self._saved_flags = _set_backend_flags(self.config)
+        self._saved_flags = set_backend_flags(self.config)
         try:
             self._build(model, train_data, val_data)
         except BaseException:
@@ -307,7 +250,7 @@ class Trainer:
             dist.destroy_process_group()
         self._owns_process_group = False
         if self._saved_flags is not None:
-            _restore_backend_flags(self._saved_flags)
+            restore_backend_flags(self._saved_flags)
             self._saved_flags = None
 
     def __enter__(self) -> "Trainer":
@@ -492,24 +435,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ internals
     def _join_process_group(self, device: str) -> tuple[int, int, torch.device]:
-        """(rank, world size, device): under ``torchrun`` join the group :func:`placement` names (unless the
-        caller already did), and keep it until :meth:`close`."""
-        global _OWNED_GROUP
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        target, backend = placement(device, world_size=world, local_rank=local_rank,
-                                    cuda_available=torch.cuda.is_available(), mps_available=_mps_available())
-        if backend is None:
-            return 0, 1, target
-        if not dist.is_initialized():
-            if target.type == "cuda":
-                torch.cuda.set_device(target)
-            dist.init_process_group(backend=backend)
-            self._owns_process_group = True
-            if not _OWNED_GROUP:
-                atexit.register(_destroy_owned_group)
-            _OWNED_GROUP = True
-        return dist.get_rank(), dist.get_world_size(), target
+        """(rank, world size, device): :func:`~analysis.training.placement.join_process_group`; a group joined here
+        is this trainer's to leave in :meth:`close`."""
+        rank, world, target, joined = join_process_group(device)
+        self._owns_process_group = self._owns_process_group or joined
+        return rank, world, target
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -655,36 +585,3 @@ class Trainer:
             }
             save_checkpoint(self.checkpoint_path, state)
         self._last_checkpoint_step = self.step
-
-
-# ---------------------------------------------------------------------------------------- backend flags
-def _set_backend_flags(config: TrainConfig) -> dict[str, Any]:
-    """Apply ``cudnn_benchmark`` and ``deterministic`` (process-wide settings) and return what they replaced.
-
-    Determinism: cuDNN's deterministic algorithms without benchmarking, ``torch.use_deterministic_algorithms``
-    (an op without a deterministic kernel then raises instead of silently varying) and cuBLAS's fixed
-    workspace, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, set here when unset (it takes effect only if cuBLAS was
-    not used yet in the process: a launcher should set it in the environment). The zoo's global average pool,
-    ``AdaptiveAvgPool2d(1)``, runs as a mean over H and W (PyTorch's own fast path for a 1 x 1 output), whose
-    backward is deterministic; the CUDA kernel of other output sizes is not.
-    """
-    saved = {"benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
-             "algorithms": torch.are_deterministic_algorithms_enabled(),
-             "algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-             "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
-    torch.backends.cudnn.benchmark = bool(config.cudnn_benchmark) and not config.deterministic
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True)
-    return saved
-
-
-def _restore_backend_flags(saved: dict[str, Any]) -> None:
-    torch.backends.cudnn.benchmark = saved["benchmark"]
-    torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
-    torch.use_deterministic_algorithms(saved["algorithms"], warn_only=saved["algorithms_warn_only"])
-    if saved["cublas"] is None:
-        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-    else:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas"]
