@@ -59,7 +59,8 @@ def test_writes_every_format_and_links_them(tmp_path, sections):
 
 
 def _without_provenance(index: Path) -> list[str]:
-    return [line for line in index.read_text().splitlines() if not line.startswith(("Code:", "Machine:"))]
+    return [line for line in index.read_text().splitlines()
+            if not line.startswith(("Code:", "Machine:", "Per section"))]
 
 
 def test_same_seed_same_bytes(tmp_path, sections):
@@ -143,6 +144,44 @@ def test_claims_at_a_glance_and_claims_csv(tmp_path, monkeypatch):
     provenance = json.loads((index.parent / "provenance.json").read_text())
     assert provenance["tier"] == "standard" and set(provenance["sections"]) == {"claims"}
     assert {"torch", "fvcore"} <= set(provenance["packages"])
+
+
+def test_provenance_gives_each_trained_sections_runs_and_cpu_time(tmp_path, monkeypatch):
+    """The CPU time of a section's training runs is read from its results (each run's last cpu_s), so a report
+    re-rendered from cached results still says what computing them cost."""
+    monkeypatch.setattr(report_build, "SECTIONS", [("claims", lambda mode, seed, root: Section(title="Claims"))])
+    results = tmp_path / "results" / "claims" / "standard-seed0" / "results.jsonl"
+    results.parent.mkdir(parents=True)
+    rows = [{"point_id": "a", "step": 10, "cpu_s": 1.5}, {"point_id": "a", "step": 20, "cpu_s": 3.0},
+            {"point_id": "b", "step": 10, "cpu_s": 4.0}, {"point_id": "b", "split": "val", "step": 10}]
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    index = build_report(tmp_path / "r", tier="standard", progress=False, pdf=False,
+                         results_root=tmp_path / "results")
+    provenance = json.loads((index.parent / "provenance.json").read_text())
+    assert provenance["training"] == {"claims": {"runs": 2, "cpu_s": 7.0}}
+    text = index.read_text()
+    assert "the 2 training runs it reports took 7 CPU-s" in text and "(2 runs, 7 CPU-s of training)" in text
+
+
+def test_a_changed_report_folder_is_not_an_uncommitted_change_of_the_code(tmp_path, monkeypatch):
+    import subprocess
+
+    from analysis.report import provenance as provenance_module
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "reports").mkdir()
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "reports" / "index.md").write_text("old\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "one"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    monkeypatch.setattr(provenance_module, "__file__", str(repo / "pkg" / "provenance.py"))
+    (repo / "reports" / "index.md").write_text("re-rendered\n")
+    assert provenance_module.collect("standard", 0, "c", output=repo / "reports").dirty is False
+    assert provenance_module.collect("standard", 0, "c").dirty is True  # without the folder named, it counts
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert provenance_module.collect("standard", 0, "c", output=repo / "reports").dirty is True
 
 
 def test_each_tier_has_its_folder_and_another_tiers_report_is_not_overwritten(tmp_path, monkeypatch, sections):
@@ -307,3 +346,25 @@ def test_experiment_sections_run_their_experiment_with_the_tier_seed_and_results
         config, results_dir = ran.value.args
         assert config.get("seed", 3) == 3, name
         assert str(results_dir).startswith(str(tmp_path / name)), name
+
+
+@pytest.mark.skipif(not pdflatex_available(), reason=f"pdflatex is not installed ({INSTALL_HINT})")
+def test_the_claims_table_keeps_inside_the_pdf_margins(tmp_path):
+    """The longest claim name of the committed report wraps in its column: pdflatex reports no overfull line
+    (without the wrapping column this table ran 130 pt, 46 mm, past the right margin)."""
+    import subprocess
+
+    from analysis.report.latex import document
+    from analysis.report.tables import render
+
+    long_name = "Residual connections speed up training (Inception-ResNet-v2 vs Inception-ResNet-v2, no shortcut)"
+    claim = _claim("not tested", 0.405, 0.239, 0.571)
+    frame = pd.DataFrame([{**claim.row(), "claim": long_name}])
+    table = render(frame, "latex", columns=report_build.CLAIM_DISPLAY, title="Claims at a glance")
+    (tmp_path / "claims.tex").write_text(table)
+    (tmp_path / "report.tex").write_text(document([], header=[], claims_table="claims"))
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, errors="replace", timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    log = (tmp_path / "report.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, [line for line in log.splitlines() if "Overfull" in line]

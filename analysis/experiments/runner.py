@@ -47,6 +47,7 @@ __all__ = [
     "DATA_CACHE_ENV",
     "GPU_FULL",
     "RECIPE_KEYS",
+    "RESULTS_FILE",
     "RESULTS_ROOT",
     "SPEED",
     "TENSORBOARD_ENV",
@@ -70,6 +71,8 @@ CHANCE = 1.0 / CLASSES
 
 # The default root of the experiments' resumable results, relative to the current directory.
 RESULTS_ROOT = Path("runs") / "experiments"
+# The file in an experiment's results folder (default_results_dir) that holds one row per logged step of every point.
+RESULTS_FILE = "results.jsonl"
 
 # A folder in this environment variable (the command line's --tensorboard) gets each trained point's TensorBoard
 # events, in a folder per point id; an environment variable reaches worker processes and cluster jobs.
@@ -216,7 +219,7 @@ def run_points(points: Sequence[Mapping[str, Any]], run_point: Callable[[dict], 
     with contextlib.ExitStack() as stack:
         if results_dir is None:
             results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{desc}-"))
-        path = Path(results_dir) / "results.jsonl"
+        path = Path(results_dir) / RESULTS_FILE
         fingerprint = point_code_fingerprint(run_point) if fingerprint is None else fingerprint
         pending, stale = points_to_run(points, path, fingerprint)
         bar = stack.enter_context(tqdm(total=len(pending), desc=desc, disable=not progress, unit="point"))

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from analysis.experiments.verdict import INTERVAL_METHOD, Claim
 
-from analysis.experiments.runner import RESULTS_ROOT
+from analysis.experiments.runner import RESULTS_FILE, RESULTS_ROOT, default_results_dir
 from analysis.io import atomic_write_text
 from analysis.report.document import TIERS, Section, SectionBuilder, Tier
 from analysis.report.figures import save_figure
 from analysis.report.latex import INSTALL_HINT, PDF_FILE, TEX_FILE, compile_pdf, document, pdflatex_available
-from analysis.report.provenance import PROVENANCE_FILE, collect, read_tier
+from analysis.report.provenance import PROVENANCE_FILE, collect, read_tier, training_cost
 from analysis.report.sections import (
     aux_heads,
     bn_speedup,
@@ -134,7 +134,7 @@ def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: i
         raise ValueError(f"unknown report section(s) {unknown}; known sections: {', '.join(known)}")
     builders = [(k, b) for k, b in builders if k in sections]
     command = f"inception-lab report --tier {tier} --seed {seed}"
-    provenance = collect(tier, seed, command)
+    provenance = collect(tier, seed, command, output=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
@@ -144,17 +144,20 @@ def build_report(out: str | Path | None = None, *, tier: Tier = "quick", seed: i
             section = builder(tier, seed, Path(results_root))
             body.append(render_section(section, staging))
             provenance.sections[key] = round(time.perf_counter() - start, 1)
+            cost = training_cost(default_results_dir(key, tier, seed, results_root) / RESULTS_FILE)
+            if cost["runs"]:
+                provenance.training[key] = cost
             claims += [(section.title, claim) for claim in section.claims]
             built.append(section)
         titles = [s.split(chr(10))[0][3:] for s in body]
         header = ["# Inception Lab report", "",
                   f"**Tier: `{tier}`**, seed {seed}. Regenerate with `{command}`. {TIER_NOTES[tier]}", "",
-                  provenance.summary(), "",
+                  provenance.summary(), "", provenance.per_section(), "",
                   "MACs are counted by fvcore (one fused multiply-add = one MAC); FLOPs, where shown, are 2 x MACs.",
                   ""]
         if claims:
             header += _claims_at_a_glance(claims, staging)
-        atomic_write_text(staging / TEX_FILE, document(built, header=header[2:5],
+        atomic_write_text(staging / TEX_FILE, document(built, header=header[2:7],
                                                        claims_table=Path(CLAIMS_FILE).stem if claims else None))
         if pdf and pdflatex_available():
             compile_pdf(staging)
@@ -183,7 +186,7 @@ TIER_NOTES = {
 
 
 # The claims table as shown (Markdown, LaTeX): the measure's long wording stays in claims.csv and in each section.
-CLAIM_DISPLAY = {"claim": Column("Claim"),
+CLAIM_DISPLAY = {"claim": Column("Claim", width="5.2cm"),
                  "effect": Column("Effect [95% CI]", digits=3, interval=("ci_low", "ci_high")),
                  "seeds": Column("Seeds"), "arms_learned": Column("Runs learned"), "mde": Column("MDE", digits=3),
                  "verdict": Column("Verdict")}

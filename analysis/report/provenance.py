@@ -17,9 +17,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-__all__ = ["PACKAGES", "PROVENANCE_FILE", "Provenance", "collect", "read_tier"]
+from analysis.training.sweep import read_results
+
+__all__ = ["PACKAGES", "PROVENANCE_FILE", "Provenance", "collect", "read_tier", "training_cost"]
 
 PROVENANCE_FILE = "provenance.json"
 PACKAGES = ("inception-lab", "torch", "torchvision", "fvcore", "timm", "numpy", "scipy", "pandas")
@@ -27,7 +30,9 @@ PACKAGES = ("inception-lab", "torch", "torchvision", "fvcore", "timm", "numpy", 
 
 @dataclass
 class Provenance:
-    """One report's provenance; ``sections`` maps each section key to its wall time in seconds."""
+    """One report's provenance: ``sections`` maps each section key to the wall time (s) of building it now;
+    ``training`` maps each trained section to its runs' count and CPU seconds (``{"runs": n, "cpu_s": s}``),
+    spent when the runs were computed, which may be long before a re-rendering that reuses them."""
 
     tier: str
     seed: int
@@ -41,6 +46,7 @@ class Provenance:
     gpu: str
     written: str
     sections: dict[str, float] = field(default_factory=dict)
+    training: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -50,9 +56,21 @@ class Provenance:
         state = "" if self.dirty is None else (" (uncommitted changes)" if self.dirty else " (clean)")
         versions = ", ".join(f"{name} {version}" for name, version in self.packages.items())
         total = sum(self.sections.values())
+        runs = sum(int(t["runs"]) for t in self.training.values())
+        trained = (f"; the {runs:,} training runs it reports took {sum(t['cpu_s'] for t in self.training.values()):,.0f}"
+                   " CPU-s when they were computed") if runs else ""
         return (f"Code: commit `{self.commit}`{state}; {versions}.  \n"
                 f"Machine: {self.cpu} ({self.cpu_flags}), {self.threads} torch threads, GPU: {self.gpu}. "
-                f"Written {self.written}; wall time {_duration(total)} in all.")
+                f"Written {self.written}; building it took {_duration(total)} of wall time{trained}.")
+
+    def per_section(self) -> str:
+        """One Markdown line: each section's build time now and, for a trained one, its runs' CPU time."""
+        parts = []
+        for key, wall in self.sections.items():
+            cost = self.training.get(key)
+            runs = f" ({int(cost['runs'])} runs, {cost['cpu_s']:,.0f} CPU-s of training)" if cost else ""
+            parts.append(f"`{key}` {wall:.1f} s{runs}")
+        return "Per section, wall time to build it now: " + "; ".join(parts) + "." if parts else ""
 
 
 def _duration(seconds: float) -> str:
@@ -92,10 +110,29 @@ def _version(name: str) -> str | None:
         return None
 
 
-def collect(tier: str, seed: int, command: str) -> Provenance:
-    """The provenance of a report being written now (sections are filled in as they finish)."""
+def training_cost(results: str | Path) -> dict[str, float]:
+    """The number of runs in an experiment's results file and their CPU seconds (each run's largest logged
+    ``cpu_s``); zeros when the file is absent or logs no CPU time."""
+    frame = read_results(results)
+    if frame.empty or "point_id" not in frame or "cpu_s" not in frame:
+        return {"runs": 0, "cpu_s": 0.0}
+    per_run = pd.to_numeric(frame["cpu_s"], errors="coerce").groupby(frame["point_id"]).max()
+    return {"runs": int(per_run.size), "cpu_s": round(float(per_run.fillna(0.0).sum()), 1)}
+
+
+def collect(tier: str, seed: int, command: str, output: str | Path | None = None) -> Provenance:
+    """The provenance of a report being written now (sections are filled in as they finish). ``output``, the
+    report's folder, is left out of the "uncommitted changes" check: re-rendering a committed report changes it,
+    not the code that made it."""
     commit = _git("rev-parse", "--short=12", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    exclude = []
+    if output is not None and commit:
+        top = _git("rev-parse", "--show-toplevel")
+        try:
+            exclude = [f":(top,exclude){Path(output).resolve().relative_to(Path(top).resolve()).as_posix()}"] if top else []
+        except ValueError:  # the output folder is outside the checkout
+            exclude = []
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", *exclude) if commit else None
     cpu, flags = _cpu()
     packages = {name: version for name in PACKAGES if (version := _version(name)) is not None}
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

@@ -37,7 +37,9 @@ class Column:
     (``1e-6`` for millions, ``100`` for a percentage); ``digits``: the decimals of every value in the column
     (None: integers with thousands separators, other numbers in the generic format); ``spread``: a column shown
     after the value as ``± spread``; ``interval``: two columns shown after the value as ``[low, high]``;
-    ``best``: ``"max"`` or ``"min"``: that value is set in bold in LaTeX."""
+    ``best``: ``"max"`` or ``"min"``: that value is set in bold in LaTeX; ``width``: a LaTeX length (``"4cm"``)
+    for a column of long text, set as a ``p{...}`` column whose cells wrap instead of running past the margin (the
+    other formats ignore it)."""
 
     header: str
     digits: int | None = None
@@ -45,6 +47,7 @@ class Column:
     spread: str | None = None
     interval: tuple[str, str] | None = None
     best: str | None = None
+    width: str | None = None
 
 
 # Integer columns that are labels, not counts: no thousands separators (a year of 2,015 reads as a count).
@@ -135,7 +138,8 @@ def render(df: pd.DataFrame, fmt: str = "table", *, title: str | None = None, no
     else:
         shown, best = _display_frame(df), {}
     if fmt == "latex":
-        return _latex(shown, title=title, notes=notes, label=label, best=best)
+        widths = {col.header: col.width for col in (columns or {}).values() if col.width}
+        return _latex(shown, title=title, notes=notes, label=label, best=best, widths=widths)
     # Numbers are already formatted; tabulate must not re-parse them (it would print 6,624,904 as 6.6249e+06).
     align = ["right" if _looks_numeric(shown[c]) else "left" for c in shown.columns]
     body = shown.to_markdown(index=False, tablefmt="github" if fmt == "markdown" else "simple",
@@ -181,8 +185,10 @@ def latex_escape(text: object) -> str:
 
 
 def _latex(df: pd.DataFrame, *, title: str | None, notes: list[str], label: str | None,
-           best: Mapping[str, int]) -> str:
-    align = "".join("r" if _looks_numeric(df[c]) else "l" for c in df.columns)
+           best: Mapping[str, int], widths: Mapping[str, str] | None = None) -> str:
+    widths = widths or {}
+    align = "".join(rf"p{{{widths[c]}}}" if c in widths else "r" if _looks_numeric(df[c]) else "l"
+                    for c in df.columns)
     header = " & ".join(latex_escape(c) for c in df.columns) + r" \\"
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
