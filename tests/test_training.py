@@ -19,7 +19,7 @@ from analysis.callbacks import Callback
 from analysis.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_metrics
 from analysis.training.config import TrainConfig
 from analysis.training.loss import InceptionLoss
-from analysis.training.optim import RMSpropTF
+from analysis.training.optim import RMSpropTF, make_optimizer
 from analysis.training.sampling import epoch_order
 from analysis.training.sweep import point_id, run_sweep
 from analysis.training.trainer import Trainer, TrainingDiverged
@@ -252,6 +252,24 @@ def test_rmsprop_tf_step_matches_the_tensorflow_formula():
     ms2 = 0.9 * ms + 0.1 * g**2
     mom2 = 0.9 * mom + 0.045 * g / torch.sqrt(ms2 + 1.0)
     assert torch.allclose(w.detach(), torch.tensor([1.0, -2.0]) - mom - mom2)
+
+
+def test_adamw_first_step_is_the_closed_form_with_momentum_as_beta1():
+    """AdamW's first update is lr * sign(g) (bias-corrected moments: m/sqrt(v) = g/|g|) after decoupled weight
+    decay w *= 1 - lr * wd; ``momentum`` is its beta1."""
+    config = TrainConfig(optimizer="adamw", lr=0.01, momentum=0.8, weight_decay=0.1, device="cpu", progress=False)
+    w = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    model = nn.Module()
+    model.w = w
+    opt = make_optimizer(model, config)
+    assert opt.param_groups[0]["betas"] == (0.8, 0.999)
+    w.grad = torch.tensor([0.3, -4.0, 2.0])
+    opt.step()
+    start = torch.tensor([1.0, -2.0, 0.5])
+    expected = start * (1 - 0.01 * 0.1) - 0.01 * torch.sign(torch.tensor([0.3, -4.0, 2.0]))
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer='adam' is not supported"):
+        TrainConfig(optimizer="adam", device="cpu").validate()
 
 
 # ------------------------------------------------------------------------------------------- callbacks

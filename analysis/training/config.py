@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["AMP_MODES", "AUTO", "AUTO_FIELDS", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "TrainConfig"]
 
-OPTIMIZERS = ("sgd", "rmsprop")
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 AUTO = "auto"
 AMP_MODES = (None, "bf16", "fp16", AUTO)
