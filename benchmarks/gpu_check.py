@@ -23,8 +23,9 @@ overrunning section is recorded and the check goes on, so one model's failure ne
 * ``determinism``: two steps of every zoo model with ``deterministic=True`` (an op without a deterministic CUDA
   kernel raises here);
 * ``experiments``: a hook, ``--experiments MODULE:FUNCTION``, called as ``function(device, tiny)`` and returning
-  rows (dicts with ``model``, ``status``, ``value``, ``detail``...): a shrunk ``full`` point of each experiment.
-  Without it, one point of the runner's ``train_point`` with the ``full`` tier's automatic settings.
+  rows (dicts with ``model``, ``status``, ``value``, ``detail``...). Without it, each trained experiment's ``full``
+  config shrunk to two steps of one seed and run through its own ``run`` and the sweep runner, each point in a
+  process of its own on a GPU (:mod:`shrunk_experiments`): a row per experiment.
 
 ``--tiny`` (for the CPU) keeps every section but shrinks it: the GoogLeNet pair and small_inception at 64 px,
 batch 2, a step or two, and ``torch.compile`` with the ``eager`` backend (Dynamo's tracing, graph breaks and
@@ -58,6 +59,7 @@ from torch import nn  # noqa: E402
 
 from analysis.report.tables import render  # noqa: E402
 from peaks import PEAK_SOURCES, PEAK_TFLOPS, peak_arithmetic, peak_tflops  # noqa: E402
+from shrunk_experiments import shrunk_full_points  # noqa: E402
 from train_step import PAIRS, Stepper, build_pair, time_pair  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,7 +68,7 @@ COLUMNS = ["section", "model", "reference", "variant", "status", "ours_img_per_s
            "graph_breaks", "recompiles", "value", "unit", "seconds", "detail"]
 # Seconds per section; the whole check also stops starting sections past --budget.
 TIMEOUTS = {"environment": 30, "throughput": 180, "compile": 150, "sync_audit": 40, "resume": 40,
-            "determinism": 60, "experiments": 60}
+            "determinism": 60, "experiments": 180}
 VARIANTS = {  # name: (amp, channels_last, compile)
     "fp32": (None, False, False),
     "bf16": ("bf16", False, False),
@@ -449,24 +451,8 @@ def determinism(check: Check) -> None:
             check.add("determinism", model=name, status="failed", detail=_error(err), seconds=time.monotonic() - start)
 
 
-def runner_point(device: torch.device, tiny: bool) -> list[dict[str, Any]]:
-    """The default experiments hook: one point through the runner's ``train_point`` with the ``full`` tier's
-    automatic settings (the trainer's "auto" defaults). The lead's hook runs a shrunk ``full`` point of each
-    experiment instead."""
-    from analysis.experiments.runner import train_point
-
-    point = dict(n_train=16, n_val=8, image_size=32 if tiny else 96, steps=2, batch_size=8, device=str(device),
-                 log_every=1, seed=0)
-    start = time.monotonic()
-    outcome = train_point(point, "small_inception")
-    accuracy = outcome.trainer.evaluate()["accuracy"]
-    return [{"model": "small_inception", "variant": "runner.train_point", "value": accuracy, "unit": "val accuracy",
-             "seconds": time.monotonic() - start,
-             "detail": f"resolved: {json.dumps({k: getattr(outcome.trainer.config, k) for k in ('amp', 'channels_last', 'data_on_device', 'cudnn_benchmark')})}"}]
-
-
 def experiments(check: Check) -> None:
-    hook: Callable[[torch.device, bool], list[dict[str, Any]]] = runner_point
+    hook: Callable[[torch.device, bool], list[dict[str, Any]]] = shrunk_full_points
     if check.args.experiments:
         module, _, function = check.args.experiments.partition(":")
         hook = getattr(importlib.import_module(module), function)

@@ -441,6 +441,10 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     paired = speeds[speeds["model"] != "small_inception"]  # small_inception has no reference build: no ratio
     assert len(paired) == 4 and (paired["ratio"] > 0).all()
     assert table.loc[table["section"] == "resume", "value"].astype(str).tolist() == ["bit-exact"]
+    trained = table[table["section"] == "experiments"].set_index("model")
+    assert set(trained.index) == {"factorization_grid", "dead_units", "smoothness", "residual_speedup",
+                                  "label_smoothing", "aux_heads", "xception_vs_v3", "bn_speedup"}
+    assert (trained["value"].astype(float) >= 2).all()  # every shrunk full config ran two or more points
     assert "MFU" in md.read_text() and json.loads(table.loc[table["section"] == "environment", "detail"].iloc[0])
 
 
@@ -583,3 +587,23 @@ def test_the_runner_renders_a_set_once_into_the_data_cache(monkeypatch, tmp_path
     finally:
         runner._pixels.cache_clear()
         runner._tensors.cache_clear()
+
+
+def test_a_shrunk_full_config_keeps_the_network_and_recipe_and_cuts_the_budget():
+    """On a GPU the check runs each experiment's full network and recipe (what could fail there: memory, bf16,
+    channels_last, the isolated worker processes) for two steps of one seed; --tiny narrows the network too."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from shrunk_experiments import EXPERIMENTS, shrink
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import importlib
+
+    for name in EXPERIMENTS:
+        full = importlib.import_module(f"analysis.experiments.{name}").CONFIGS["full"]
+        gpu = shrink(name, full, tiny=False, device="cuda")
+        kept = ("model", "width_mult", "image_size", "optimizer", "schedule", "difficulty", "amp", "channels_last")
+        assert {k: gpu.get(k) for k in kept} == {k: full.get(k) for k in kept}, name
+        assert (gpu["steps"], gpu["seeds"], len(gpu["lrs"]), gpu["isolate"]) == (2, 1, 1, True), name
+        tiny = shrink(name, full, tiny=True, device="cpu")
+        assert tiny["isolate"] is False and tiny["threads"] == 1 and tiny.get("image_size", 32) <= full.get("image_size", 32), name
