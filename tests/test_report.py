@@ -160,7 +160,8 @@ def test_provenance_gives_each_trained_sections_runs_and_cpu_time(tmp_path, monk
     provenance = json.loads((index.parent / "provenance.json").read_text())
     assert provenance["training"] == {"claims": {"runs": 2, "cpu_s": 7.0}}
     text = index.read_text()
-    assert "the 2 training runs it reports took 7 CPU-s" in text and "(2 runs, 7 CPU-s of training)" in text
+    assert "results hold 2 training runs that took 7 CPU-s to compute" in text
+    assert "(its results: 2 runs, 7 CPU-s of training)" in text
 
 
 def test_a_changed_report_folder_is_not_an_uncommitted_change_of_the_code(tmp_path, monkeypatch):

@@ -57,8 +57,8 @@ class Provenance:
         versions = ", ".join(f"{name} {version}" for name, version in self.packages.items())
         total = sum(self.sections.values())
         runs = sum(int(t["runs"]) for t in self.training.values())
-        trained = (f"; the {runs:,} training runs it reports took {sum(t['cpu_s'] for t in self.training.values()):,.0f}"
-                   " CPU-s when they were computed") if runs else ""
+        trained = (f"; its experiments' results hold {runs:,} training runs that took "
+                   f"{sum(t['cpu_s'] for t in self.training.values()):,.0f} CPU-s to compute") if runs else ""
         return (f"Code: commit `{self.commit}`{state}; {versions}.  \n"
                 f"Machine: {self.cpu} ({self.cpu_flags}), {self.threads} torch threads, GPU: {self.gpu}. "
                 f"Written {self.written}; building it took {_duration(total)} of wall time{trained}.")
@@ -68,7 +68,7 @@ class Provenance:
         parts = []
         for key, wall in self.sections.items():
             cost = self.training.get(key)
-            runs = f" ({int(cost['runs'])} runs, {cost['cpu_s']:,.0f} CPU-s of training)" if cost else ""
+            runs = f" (its results: {int(cost['runs'])} runs, {cost['cpu_s']:,.0f} CPU-s of training)" if cost else ""
             parts.append(f"`{key}` {wall:.1f} s{runs}")
         return "Per section, wall time to build it now: " + "; ".join(parts) + "." if parts else ""
 
