@@ -63,7 +63,8 @@ def document(sections: Sequence[Section], *, header: Sequence[str], claims_table
     lines = [_PREAMBLE]
     lines += [text(paragraph) + "\n" for paragraph in header if paragraph.strip()]
     if claims_table:
-        lines += [r"\section*{Claims at a glance}", rf"\input{{{claims_table}.tex}}", r"\clearpage"]
+        # On a page of its own: the table is about half a page, too tall for what the provenance leaves of page 1.
+        lines += [r"\clearpage", r"\section*{Claims at a glance}", rf"\input{{{claims_table}.tex}}", r"\clearpage"]
     appendix = []
     for section in sections:
         lines.append(rf"\section{{{text(section.title)}}}")

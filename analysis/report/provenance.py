@@ -129,9 +129,10 @@ def collect(tier: str, seed: int, command: str, output: str | Path | None = None
     if output is not None and commit:
         top = _git("rev-parse", "--show-toplevel")
         try:
-            exclude = [f":(top,exclude){Path(output).resolve().relative_to(Path(top).resolve()).as_posix()}"] if top else []
+            inside = Path(output).resolve().relative_to(Path(top).resolve()).as_posix() if top else None
         except ValueError:  # the output folder is outside the checkout
-            exclude = []
+            inside = None
+        exclude = [f":(top,exclude){inside}"] if inside else []
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", *exclude) if commit else None
     cpu, flags = _cpu()
     packages = {name: version for name in PACKAGES if (version := _version(name)) is not None}

@@ -38,8 +38,8 @@ class Column:
     (None: integers with thousands separators, other numbers in the generic format); ``spread``: a column shown
     after the value as ``± spread``; ``interval``: two columns shown after the value as ``[low, high]``;
     ``best``: ``"max"`` or ``"min"``: that value is set in bold in LaTeX; ``width``: a LaTeX length (``"4cm"``)
-    for a column of long text, set as a ``p{...}`` column whose cells wrap instead of running past the margin (the
-    other formats ignore it)."""
+    for a column of long text, whose LaTeX cells wrap in a box of that width instead of running past the margin (the
+    other formats ignore it), ragged right."""
 
     header: str
     digits: int | None = None
@@ -187,15 +187,17 @@ def latex_escape(text: object) -> str:
 def _latex(df: pd.DataFrame, *, title: str | None, notes: list[str], label: str | None,
            best: Mapping[str, int], widths: Mapping[str, str] | None = None) -> str:
     widths = widths or {}
-    align = "".join(rf"p{{{widths[c]}}}" if c in widths else "r" if _looks_numeric(df[c]) else "l"
-                    for c in df.columns)
+    align = "".join("l" if c in widths else "r" if _looks_numeric(df[c]) else "l" for c in df.columns)
     header = " & ".join(latex_escape(c) for c in df.columns) + r" \\"
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
         cells = []
         for col, value in zip(df.columns, row):
             text = latex_escape(value).replace(",", "{,}") if _is_number(value) else latex_escape(value)
-            cells.append(rf"\textbf{{{text}}}" if best.get(col) == i and text else text)
+            text = rf"\textbf{{{text}}}" if best.get(col) == i and text else text
+            # A wrapping cell, ragged right (a justified narrow column spreads its words apart); a top-aligned
+            # parbox needs no package beyond the article's own, so the table still compiles on its own.
+            cells.append(rf"\parbox[t]{{{widths[col]}}}{{\raggedright {text}}}" if col in widths else text)
         rows.append(" & ".join(cells) + r" \\")
     caption = rf"\caption{{{latex_escape(title)}}}" if title else ""
     tag = rf"\label{{{label}}}" if label else ""
