@@ -197,7 +197,7 @@ def _latex(df: pd.DataFrame, *, title: str | None, notes: list[str], label: str 
             text = rf"\textbf{{{text}}}" if best.get(col) == i and text else text
             # A wrapping cell, ragged right (a justified narrow column spreads its words apart); a top-aligned
             # parbox needs no package beyond the article's own, so the table still compiles on its own.
-            cells.append(rf"\parbox[t]{{{widths[col]}}}{{\raggedright {text}}}" if col in widths else text)
+            cells.append(rf"\parbox[t]{{{widths[col]}}}{{\raggedright\strut {text}\strut}}" if col in widths else text)
         rows.append(" & ".join(cells) + r" \\")
     caption = rf"\caption{{{latex_escape(title)}}}" if title else ""
     tag = rf"\label{{{label}}}" if label else ""
