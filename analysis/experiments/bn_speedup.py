@@ -98,8 +98,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # s / step), at 0.05 40%; no BN (data-dependent init) at 0.01 peaked at 20% and fell back to chance, at 0.05
     # stayed at chance, at 0.002 and 0.0004 under the gate too: every comparison "not tested" (standard tier of
     # 2026-11-26: no-BN at its tuned 0.01 best 15-24% in 5 seeds). The no-BN net needs more steps, not a lower
-    # rate: with a 24-step warm-up, 720 steps at 0.01 took it to 31% at step 300, 52% at 600 and 71% at best
-    # (seed 0, 85 CPU-s), hence 640 steps (the gate is 30%). 0.0004 left the ladder (11% best after 240 steps; a
+    # rate: with a 24-step warm-up, 720 steps at 0.01 took it to 27% at step 300, 52% at 600 and 71% at best
+    # (seed 0, 85 CPU-s), hence 640 steps (the gate is 30%). 0.0004 left the ladder (no BN 12% best after 240 steps; a
     # fifth of 0.002, it would need five times the steps). Cost: 4 tuning + 30 seeded runs, about 25 of them the
     # whole 640 steps (a no-BN run at 30x diverges within a few steps): 25 x (640 x ~0.11 + 4 s) ~= 1,900 CPU s,
     # ~16-18 min on 2 idle cores.

@@ -109,8 +109,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the 30% gate at lr 0.03-0.3); width 1/4 with momentum does (calibration, tuning seed, 400 steps, one thread:
     # BN at lr 0.02 61% in 54 CPU-s, no BN with the data-dependent init at lr 0.01 38% in 46 CPU-s). 400 steps
     # without the warm-up left the no-BN net under the gate in 2 of 5 seeds (19% and 21% at the shared 0.01,
-    # standard tier of 2026-11-26); with the warm-up those two seeds reached 32% and 31% at step 400, still
-    # rising, hence 800 steps. Cost: 4 tuning runs (~360 CPU-s) + at most 15 probed seeded runs (own rates, and
+    # standard tier of 2026-11-26); with the warm-up those two seeds ended 400 steps at 32% and 28% (31% at best),
+    # still rising, hence 800 steps. Cost: 4 tuning runs (~360 CPU-s) + at most 15 probed seeded runs (own rates, and
     # BN again at the shared rate; ~105 CPU-s each with 8 probes) + ~50 CPU-s of imports and figures ~= 2,000
     # CPU-s, ~17 min wall on 2 idle cores. Measured (2026-11-26): both arms tuned to 0.02, so both ran again at the
     # shared 0.01 (24 runs, ~2,700 CPU-s): 26 min wall, over the 20-minute target; the shared rate stays fixed in
